@@ -1,0 +1,399 @@
+//! RabbitMQ: the event exchange, a confirming publisher, and a consumer loop.
+//!
+//! Guarantees this module gives its callers:
+//! - [`EventPublisher::publish_batch`] returns `Ok` only once the broker has confirmed every
+//!   message (persistent, publisher confirms). On any error the caller keeps the events and tries
+//!   again later (the outbox relays do); the publisher reconnects by itself.
+//! - [`run_consumer`] acknowledges a delivery only after the handler has returned `Ok`, i.e. after
+//!   the consumer's own write has committed. A handler error marked permanent, or a message that
+//!   is not an event at all, goes to the queue's dead-letter queue at once; a transient error is
+//!   retried until the queue's delivery limit, then dead-lettered. Nothing loops forever.
+//! - Every queue is bounded: work queues reject publishes when full (the publisher sees a nack
+//!   and its outbox retries), dead-letter queues and the event log drop their oldest entries.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
+    publisher_confirm::Confirmation,
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::AmqpSettings, db::redact_url, events::EventEnvelope};
+
+/// Queue (suffix) that keeps the event log: a stream bound to every routing key.
+pub const EVENT_LOG_QUEUE: &str = "events.log";
+/// How long the event log keeps events.
+pub const EVENT_LOG_MAX_AGE: &str = "7D";
+/// Upper bound on the event log's size on disk.
+pub const EVENT_LOG_MAX_BYTES: i64 = 2 * 1024 * 1024 * 1024;
+/// Upper bound on a work queue's length; beyond it publishes are nacked (back-pressure).
+pub const WORK_QUEUE_MAX_LENGTH: i64 = 1_000_000;
+/// Upper bound on a dead-letter queue's length; beyond it the oldest entries are dropped.
+pub const DEAD_LETTER_MAX_LENGTH: i64 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("RabbitMQ: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("RabbitMQ refused (nacked) a published message")]
+    Nacked,
+}
+
+/// Opens a connection driven by the tokio runtime.
+pub async fn connect(settings: &AmqpSettings) -> Result<Connection, lapin::Error> {
+    let properties = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_connection_name("instaclone".into());
+    Connection::connect(settings.url.expose(), properties).await
+}
+
+/// Declares the events exchange and the event-log stream bound to all of it. Idempotent.
+pub async fn declare_topology(
+    channel: &Channel,
+    settings: &AmqpSettings,
+) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            &settings.exchange,
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let log = settings.queue(EVENT_LOG_QUEUE);
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), string("stream"));
+    args.insert("x-max-age".into(), string(EVENT_LOG_MAX_AGE));
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(EVENT_LOG_MAX_BYTES),
+    );
+    channel
+        .queue_declare(
+            &log,
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    channel
+        .queue_bind(
+            &log,
+            &settings.exchange,
+            "#",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
+/// Publishes events persistently with publisher confirms. Reconnects after any failure.
+#[derive(Clone)]
+pub struct EventPublisher {
+    settings: AmqpSettings,
+    link: Arc<Mutex<Option<Link>>>,
+}
+
+struct Link {
+    // Kept so the connection lives as long as its channel.
+    _connection: Connection,
+    channel: Channel,
+}
+
+impl EventPublisher {
+    /// Does not connect yet: the first publish does, so a service starts while RabbitMQ is down.
+    pub fn new(settings: AmqpSettings) -> Self {
+        Self {
+            settings,
+            link: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub fn settings(&self) -> &AmqpSettings {
+        &self.settings
+    }
+
+    async fn channel(&self, slot: &mut Option<Link>) -> Result<Channel, AmqpError> {
+        if let Some(link) = slot.as_ref()
+            && link.channel.status().connected()
+        {
+            return Ok(link.channel.clone());
+        }
+        *slot = None;
+        let connection = connect(&self.settings).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        declare_topology(&channel, &self.settings).await?;
+        tracing::info!(broker = %redact_url(self.settings.url.expose()), "publisher connected to RabbitMQ");
+        *slot = Some(Link {
+            _connection: connection,
+            channel: channel.clone(),
+        });
+        Ok(channel)
+    }
+
+    /// Publishes one event and waits for the broker's confirm.
+    pub async fn publish(&self, event: &EventEnvelope) -> Result<(), AmqpError> {
+        self.publish_batch(std::slice::from_ref(event)).await
+    }
+
+    /// Publishes all `events`, then waits for all confirms. `Ok` means every one is safely stored
+    /// by the broker; on `Err` some may have been stored, and consumers dedupe the re-publish.
+    pub async fn publish_batch(&self, events: &[EventEnvelope]) -> Result<(), AmqpError> {
+        let mut slot = self.link.lock().await;
+        let result = self.publish_on(&mut slot, events).await;
+        if result.is_err() {
+            // Start afresh next time: the channel may be closed or in an unknown state.
+            *slot = None;
+        }
+        result
+    }
+
+    async fn publish_on(
+        &self,
+        slot: &mut Option<Link>,
+        events: &[EventEnvelope],
+    ) -> Result<(), AmqpError> {
+        let channel = self.channel(slot).await?;
+        let mut confirms = Vec::with_capacity(events.len());
+        for event in events {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(event.id.to_string().into())
+                .with_type(ShortString::from(event.event_type.clone()))
+                .with_timestamp(u64::try_from(event.occurred_at.timestamp()).unwrap_or_default());
+            let confirm = channel
+                .basic_publish(
+                    &self.settings.exchange,
+                    &event.event_type,
+                    BasicPublishOptions::default(),
+                    &event.to_vec(),
+                    properties,
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            match confirm.await? {
+                Confirmation::Ack(_) | Confirmation::NotRequested => {}
+                Confirmation::Nack(_) => return Err(AmqpError::Nacked),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A durable work queue and the routing keys it receives.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    /// Full queue name (use [`AmqpSettings::queue`]).
+    pub name: String,
+    pub routing_keys: Vec<String>,
+    /// Deliveries of one message before it is dead-lettered.
+    pub delivery_limit: u32,
+}
+
+impl QueueSpec {
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.name)
+    }
+}
+
+/// Declares `spec`'s quorum queue, its dead-letter queue and bindings. Idempotent.
+pub async fn declare_work_queue(
+    channel: &Channel,
+    settings: &AmqpSettings,
+    spec: &QueueSpec,
+) -> Result<(), lapin::Error> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let dlq = spec.dead_letter_queue();
+    let mut dlq_args = FieldTable::default();
+    if let Some(expires) = settings.queue_expires {
+        dlq_args.insert("x-expires".into(), AMQPValue::LongLongInt(millis(expires)));
+    }
+    dlq_args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(DEAD_LETTER_MAX_LENGTH),
+    );
+    channel.queue_declare(&dlq, durable, dlq_args).await?;
+
+    let mut args = FieldTable::default();
+    if let Some(expires) = settings.queue_expires {
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(millis(expires)));
+    }
+    args.insert("x-queue-type".into(), string("quorum"));
+    args.insert("x-dead-letter-exchange".into(), string(""));
+    args.insert("x-dead-letter-routing-key".into(), string(&dlq));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(i32::try_from(spec.delivery_limit).unwrap_or(i32::MAX)),
+    );
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(WORK_QUEUE_MAX_LENGTH),
+    );
+    args.insert("x-overflow".into(), string("reject-publish"));
+    channel.queue_declare(&spec.name, durable, args).await?;
+    for key in &spec.routing_keys {
+        channel
+            .queue_bind(
+                &spec.name,
+                &settings.exchange,
+                key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// What went wrong handling one event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying (a backing service is down, a timeout).
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Retrying cannot help (the event is malformed or refers to something impossible).
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// Pause before a transiently failed message goes back on the queue, so a broken dependency is
+/// not hammered in a tight loop.
+const TRANSIENT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Consumes `spec` until `shutdown` is cancelled, reconnecting after broker failures. Up to
+/// `prefetch` events are handled at once; each is acked after `handler` returns `Ok`.
+pub async fn run_consumer<H, Fut>(
+    settings: AmqpSettings,
+    spec: QueueSpec,
+    shutdown: CancellationToken,
+    handler: H,
+) where
+    H: Fn(EventEnvelope) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send,
+{
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match consume_once(&settings, &spec, &shutdown, handler.clone()).await {
+            Ok(()) => delay = Duration::from_millis(200),
+            Err(error) => {
+                tracing::warn!(queue = %spec.name, %error, retry_in = ?delay, "consumer lost RabbitMQ; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::info!(queue = %spec.name, "consumer stopped");
+}
+
+async fn consume_once<H, Fut>(
+    settings: &AmqpSettings,
+    spec: &QueueSpec,
+    shutdown: &CancellationToken,
+    handler: H,
+) -> Result<(), lapin::Error>
+where
+    H: Fn(EventEnvelope) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send,
+{
+    let connection = connect(settings).await?;
+    let channel = connection.create_channel().await?;
+    declare_topology(&channel, settings).await?;
+    declare_work_queue(&channel, settings, spec).await?;
+    channel
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            &spec.name,
+            "",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %spec.name, "consuming");
+
+    let deliveries = consumer.take_until(shutdown.cancelled());
+    let results = deliveries.map(|delivery| {
+        let handler = handler.clone();
+        async move {
+            let delivery = delivery?;
+            let outcome = match EventEnvelope::from_slice(&delivery.data) {
+                Err(error) => Err(HandlerError::Permanent(error.to_string())),
+                Ok(event) => handler(event).await,
+            };
+            match outcome {
+                Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+                Err(HandlerError::Permanent(reason)) => {
+                    tracing::error!(%reason, "dead-lettering an event that cannot be processed");
+                    delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: false,
+                            multiple: false,
+                        })
+                        .await
+                }
+                Err(HandlerError::Transient(reason)) => {
+                    tracing::warn!(%reason, "event handling failed; it will be redelivered");
+                    tokio::time::sleep(TRANSIENT_RETRY_DELAY).await;
+                    delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            multiple: false,
+                        })
+                        .await
+                }
+            }
+        }
+    });
+    let mut results =
+        std::pin::pin!(results.buffer_unordered(usize::from(settings.prefetch.max(1))));
+    while let Some(result) = results.next().await {
+        result?;
+    }
+    if !shutdown.is_cancelled() {
+        return Err(lapin::Error::InvalidChannelState(
+            lapin::ChannelState::Closed,
+        ));
+    }
+    let _ = channel.close(200, "shutting down").await;
+    let _ = connection.close(200, "shutting down").await;
+    Ok(())
+}

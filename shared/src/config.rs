@@ -1,0 +1,366 @@
+//! Typed configuration, read once from environment variables.
+//!
+//! Every variable has a default that works on a developer machine with the backing services on
+//! their standard local ports, so `instaclone` starts with no configuration at all. Secrets are
+//! wrapped in [`Secret`] so they never reach a log line through `Debug`. The README lists every
+//! variable; keep the two in step.
+
+use std::{fmt, net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
+
+/// A value that must not be printed: `Debug` shows `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The wrapped value. Call sites are easy to audit: grep for `expose`.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {name} has an invalid value {value:?}: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read {name} file {path}: {source}")]
+    File {
+        name: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Coloured, one line per event, for a terminal.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "human" | "pretty" | "text" => Ok(Self::Human),
+            "json" => Ok(Self::Json),
+            other => Err(format!("expected `human` or `json`, got `{other}`")),
+        }
+    }
+}
+
+/// Every setting of every part. Each part reads the sections it needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub postgres: PostgresSettings,
+    pub mongo: MongoSettings,
+    pub redis: RedisSettings,
+    pub amqp: AmqpSettings,
+    pub jwt: JwtSettings,
+    pub internal: InternalSettings,
+    pub services: ServiceUrls,
+    pub hub: HubSettings,
+    pub log_format: LogFormat,
+    /// How long a part waits for each backing service at startup.
+    pub startup_wait: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Address every listener binds to (`HOST`).
+    pub host: IpAddr,
+    pub gateway_port: u16,
+    pub auth_port: u16,
+    pub users_port: u16,
+    pub posts_port: u16,
+    pub notifications_port: u16,
+    pub hub_port: u16,
+    /// Largest accepted request body, in bytes; larger gets 413.
+    pub body_limit_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresSettings {
+    /// Full URL of the users service's database. It is created at start when missing.
+    pub users_url: Secret<String>,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct MongoSettings {
+    pub url: Secret<String>,
+    pub posts_database: String,
+    pub notifications_database: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: Secret<String>,
+    /// Prepended to every key and channel name, so several deployments (or tests) share a server.
+    pub key_prefix: String,
+}
+
+impl RedisSettings {
+    /// A key or channel name under this deployment's prefix.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}{}", self.key_prefix, suffix)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    pub url: Secret<String>,
+    /// The durable topic exchange every event is published to.
+    pub exchange: String,
+    /// Prepended to every queue name this deployment declares.
+    pub queue_prefix: String,
+    /// Unacknowledged deliveries a consumer may hold at once.
+    pub prefetch: u16,
+    /// Work queues are deleted after this long without consumers (tests set it so their
+    /// uniquely named queues clean themselves up; production leaves it unset).
+    pub queue_expires: Option<Duration>,
+}
+
+impl AmqpSettings {
+    /// A queue name under this deployment's prefix.
+    pub fn queue(&self, suffix: &str) -> String {
+        format!("{}{}", self.queue_prefix, suffix)
+    }
+}
+
+/// Access-token keys (Ed25519, PEM). Auth needs both; every other part only the public key.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub private_key_pem: Option<Secret<String>>,
+    pub public_key_pem: Option<String>,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+/// The credential services present to each other on `/internal/*` routes.
+#[derive(Debug, Clone)]
+pub struct InternalSettings {
+    pub token: Option<Secret<String>>,
+    /// Timeout of one service-to-service request.
+    pub request_timeout: Duration,
+}
+
+/// Where each service answers, for the gateway and for service-to-service calls.
+#[derive(Debug, Clone)]
+pub struct ServiceUrls {
+    pub auth: String,
+    pub users: String,
+    pub posts: String,
+    pub notifications: String,
+    pub hub: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// Entries kept per user in the replay stream (`XADD MAXLEN ~`).
+    pub stream_max_len: u64,
+    /// Messages queued for one connection before it is cut off as too slow.
+    pub send_queue_capacity: usize,
+    pub ws_ping_interval: Duration,
+    pub sse_heartbeat_interval: Duration,
+    pub ticket_ttl: Duration,
+}
+
+/// Reads variables through a closure so tests can supply a map instead of the process env.
+struct Env<F: Fn(&str) -> Option<String>>(F);
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn string(&self, name: &'static str, default: &str) -> String {
+        (self.0)(name)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| default.to_owned())
+    }
+
+    fn optional(&self, name: &'static str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.is_empty())
+    }
+
+    fn parse<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(value) => value.parse().map_err(|e: T::Err| ConfigError::Invalid {
+                name,
+                reason: e.to_string(),
+                value,
+            }),
+        }
+    }
+
+    fn seconds(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        self.parse(name, default).map(Duration::from_secs)
+    }
+
+    /// A PEM given inline (`NAME`) or as a file path (`NAME_FILE`).
+    fn pem(
+        &self,
+        name: &'static str,
+        file_name: &'static str,
+    ) -> Result<Option<String>, ConfigError> {
+        if let Some(inline) = self.optional(name) {
+            return Ok(Some(inline));
+        }
+        match self.optional(file_name) {
+            None => Ok(None),
+            Some(path) => {
+                let path = PathBuf::from(path);
+                std::fs::read_to_string(&path)
+                    .map(Some)
+                    .map_err(|source| ConfigError::File {
+                        name: file_name,
+                        path,
+                        source,
+                    })
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `lookup`; absent or empty values take their defaults.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(lookup);
+        let host: IpAddr = env.parse("HOST", IpAddr::from([127, 0, 0, 1]))?;
+        let http = HttpSettings {
+            host,
+            gateway_port: env.parse("GATEWAY_PORT", 3000)?,
+            auth_port: env.parse("AUTH_PORT", 3001)?,
+            users_port: env.parse("USERS_PORT", 3002)?,
+            posts_port: env.parse("POSTS_PORT", 3003)?,
+            notifications_port: env.parse("NOTIFICATIONS_PORT", 3004)?,
+            hub_port: env.parse("HUB_PORT", 3005)?,
+            body_limit_bytes: env.parse("BODY_LIMIT_BYTES", 1024 * 1024)?,
+        };
+        let local = |port: u16| format!("http://127.0.0.1:{port}");
+        let services = ServiceUrls {
+            auth: env.string("AUTH_URL", &local(http.auth_port)),
+            users: env.string("USERS_URL", &local(http.users_port)),
+            posts: env.string("POSTS_URL", &local(http.posts_port)),
+            notifications: env.string("NOTIFICATIONS_URL", &local(http.notifications_port)),
+            hub: env.string("HUB_URL", &local(http.hub_port)),
+        };
+        Ok(Self {
+            postgres: PostgresSettings {
+                users_url: Secret::new(env.string(
+                    "USERS_DATABASE_URL",
+                    "postgres://postgres@127.0.0.1:5432/instaclone_users",
+                )),
+                max_connections: env.parse("POSTGRES_MAX_CONNECTIONS", 10)?,
+            },
+            mongo: MongoSettings {
+                url: Secret::new(env.string("MONGODB_URL", "mongodb://127.0.0.1:27017")),
+                posts_database: env.string("POSTS_MONGODB_DATABASE", "instaclone_posts"),
+                notifications_database: env
+                    .string("NOTIFICATIONS_MONGODB_DATABASE", "instaclone_notifications"),
+            },
+            redis: RedisSettings {
+                url: Secret::new(env.string("REDIS_URL", "redis://127.0.0.1:6379")),
+                key_prefix: env.string("REDIS_KEY_PREFIX", "instaclone:"),
+            },
+            amqp: AmqpSettings {
+                url: Secret::new(env.string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")),
+                exchange: env.string("EVENTS_EXCHANGE", "instaclone.events"),
+                queue_prefix: env.string("AMQP_QUEUE_PREFIX", "instaclone."),
+                prefetch: env.parse("AMQP_PREFETCH", 64)?,
+                queue_expires: None,
+            },
+            jwt: JwtSettings {
+                private_key_pem: env
+                    .pem("JWT_PRIVATE_KEY", "JWT_PRIVATE_KEY_FILE")?
+                    .map(Secret::new),
+                public_key_pem: env.pem("JWT_PUBLIC_KEY", "JWT_PUBLIC_KEY_FILE")?,
+                access_ttl: env.seconds("ACCESS_TOKEN_TTL_SECS", 15 * 60)?,
+                refresh_ttl: env.seconds("REFRESH_TOKEN_TTL_SECS", 7 * 24 * 3600)?,
+            },
+            internal: InternalSettings {
+                token: env.optional("INTERNAL_TOKEN").map(Secret::new),
+                request_timeout: env.seconds("SERVICE_TIMEOUT_SECS", 10)?,
+            },
+            hub: HubSettings {
+                stream_max_len: env.parse("HUB_STREAM_MAX_LEN", 1000)?,
+                send_queue_capacity: env.parse("HUB_SEND_QUEUE_CAPACITY", 256)?,
+                ws_ping_interval: env.seconds("HUB_WS_PING_SECS", 25)?,
+                sse_heartbeat_interval: env.seconds("HUB_SSE_HEARTBEAT_SECS", 15)?,
+                ticket_ttl: env.seconds("HUB_TICKET_TTL_SECS", 30)?,
+            },
+            log_format: env.parse("LOG_FORMAT", LogFormat::Human)?,
+            startup_wait: env.seconds("STARTUP_WAIT_SECS", 60)?,
+            services,
+            http,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_point_at_local_services_and_design_ports() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.http.gateway_port, 3000);
+        assert_eq!(s.http.hub_port, 3005);
+        assert_eq!(s.services.users, "http://127.0.0.1:3002");
+        assert_eq!(s.amqp.exchange, "instaclone.events");
+        assert_eq!(s.jwt.access_ttl, Duration::from_secs(900));
+        assert!(s.jwt.private_key_pem.is_none());
+    }
+
+    #[test]
+    fn invalid_value_names_the_variable() {
+        let err = settings(&[("AUTH_PORT", "not-a-port")]).unwrap_err();
+        assert!(err.to_string().contains("AUTH_PORT"), "{err}");
+        let err = settings(&[("LOG_FORMAT", "xml")]).unwrap_err();
+        assert!(err.to_string().contains("LOG_FORMAT"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let s = settings(&[("REDIS_URL", "redis://:hunter2@localhost")]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn ports_feed_default_service_urls() {
+        let s = settings(&[("POSTS_PORT", "4003")]).unwrap();
+        assert_eq!(s.services.posts, "http://127.0.0.1:4003");
+    }
+}

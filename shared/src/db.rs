@@ -1,0 +1,222 @@
+//! Connections to PostgreSQL, MongoDB and Redis that wait for their server at startup.
+//!
+//! In a compose file or after a reboot the backing services come up in any order. Instead of
+//! crashing on the first refused connection, each helper retries with backoff, logging one line
+//! per attempt that names the server, until the configured startup wait (`STARTUP_WAIT_SECS`)
+//! has passed; then the error names the server that never answered.
+
+use std::{future::Future, time::Duration};
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::config::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{server} at {address} did not answer within {waited:?}: {last_error}")]
+    GaveUp {
+        server: &'static str,
+        address: String,
+        waited: Duration,
+        last_error: String,
+    },
+    #[error("invalid {server} URL: {reason}")]
+    BadUrl {
+        server: &'static str,
+        reason: String,
+    },
+}
+
+/// `scheme://user:password@host:port/path` without the credentials, for log lines.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}{}", &url[..scheme_end + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Runs `attempt` until it succeeds or `max_wait` has passed, logging each failure.
+pub async fn retry_startup<T, E, F, Fut>(
+    server: &'static str,
+    address: &str,
+    max_wait: Duration,
+    mut attempt: F,
+) -> Result<T, ConnectError>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        // Bound each attempt too: some clients retry internally for a long time.
+        let remaining = max_wait
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(100));
+        let outcome = match tokio::time::timeout(remaining, attempt()).await {
+            Ok(outcome) => outcome.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {remaining:?}")),
+        };
+        match outcome {
+            Ok(value) => return Ok(value),
+            Err(error) if started.elapsed() + delay <= max_wait => {
+                tracing::warn!(%server, %address, %error, retry_in = ?delay, "waiting for {server}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                return Err(ConnectError::GaveUp {
+                    server,
+                    address: address.to_owned(),
+                    waited: started.elapsed(),
+                    last_error: error.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// A pool on the database named in `url`, creating that database first if it does not exist.
+pub async fn connect_postgres(
+    url: &Secret<String>,
+    max_connections: u32,
+    max_wait: Duration,
+) -> Result<PgPool, ConnectError> {
+    let options: PgConnectOptions =
+        url.expose()
+            .parse()
+            .map_err(|e: sqlx::Error| ConnectError::BadUrl {
+                server: "PostgreSQL",
+                reason: e.to_string(),
+            })?;
+    let address = redact_url(url.expose());
+    let database = options.get_database().unwrap_or("postgres").to_owned();
+    retry_startup("PostgreSQL", &address, max_wait, || {
+        create_database_if_missing(&options, &database)
+    })
+    .await?;
+    retry_startup("PostgreSQL", &address, max_wait, || {
+        PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+    })
+    .await
+}
+
+async fn create_database_if_missing(
+    options: &PgConnectOptions,
+    database: &str,
+) -> Result<(), sqlx::Error> {
+    use sqlx::{Connection, Executor};
+    let mut admin = sqlx::PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(database)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let quoted = database.replace('"', "\"\"");
+        match admin
+            .execute(format!(r#"CREATE DATABASE "{quoted}""#).as_str())
+            .await
+        {
+            Ok(_) => tracing::info!(%database, "created PostgreSQL database"),
+            // Another process created it between our check and our CREATE.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The named database on the MongoDB-protocol server at `url`, once the server answers a ping.
+pub async fn connect_mongo(
+    url: &Secret<String>,
+    database: &str,
+    max_wait: Duration,
+) -> Result<mongodb::Database, ConnectError> {
+    let address = redact_url(url.expose());
+    let mut options = mongodb::options::ClientOptions::parse(url.expose())
+        .await
+        .map_err(|e| ConnectError::BadUrl {
+            server: "MongoDB",
+            reason: e.to_string(),
+        })?;
+    options
+        .server_selection_timeout
+        .get_or_insert(Duration::from_secs(5));
+    options
+        .app_name
+        .get_or_insert_with(|| "instaclone".to_owned());
+    let client = mongodb::Client::with_options(options).map_err(|e| ConnectError::BadUrl {
+        server: "MongoDB",
+        reason: e.to_string(),
+    })?;
+    let db = client.database(database);
+    retry_startup("MongoDB", &address, max_wait, || async {
+        db.run_command(mongodb::bson::doc! { "ping": 1 }).await
+    })
+    .await?;
+    Ok(db)
+}
+
+/// A self-reconnecting Redis connection, once the server answers.
+pub async fn connect_redis(
+    url: &Secret<String>,
+    max_wait: Duration,
+) -> Result<redis::aio::ConnectionManager, ConnectError> {
+    let address = redact_url(url.expose());
+    let client = redis::Client::open(url.expose().as_str()).map_err(|e| ConnectError::BadUrl {
+        server: "Redis",
+        reason: e.to_string(),
+    })?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(5))
+        .set_response_timeout(Duration::from_secs(5))
+        // Reconnects back off briefly; the startup loop below does the long waiting.
+        .set_number_of_retries(2)
+        .set_max_delay(1000);
+    retry_startup("Redis", &address, max_wait, || {
+        redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone())
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_drops_credentials_only() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_gives_up_with_the_server_name_and_last_error() {
+        let mut calls = 0;
+        let result: Result<(), _> =
+            retry_startup("Nothing", "127.0.0.1:1", Duration::from_millis(500), || {
+                calls += 1;
+                async { Err::<(), _>("connection refused") }
+            })
+            .await;
+        let message = result.unwrap_err().to_string();
+        assert!(message.contains("Nothing at 127.0.0.1:1"), "{message}");
+        assert!(message.contains("connection refused"), "{message}");
+        assert!(calls >= 2, "retried {calls} times");
+    }
+}

@@ -1,0 +1,193 @@
+//! The event envelope and the payload of every event type.
+//!
+//! Events travel on one topic exchange with the event type as routing key. The envelope is
+//! `{"id", "type", "occurredAt", "producer", "data"}`; `id` is a UUID v7, so ids sort by time and
+//! consumers use it as their idempotency key. Payload field names are camelCase like the REST API.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+/// Routing keys (and `type` values) of every event.
+pub mod event_type {
+    pub const USER_FOLLOWED: &str = "user.followed";
+    pub const USER_UNFOLLOWED: &str = "user.unfollowed";
+    pub const POST_CREATED: &str = "post.created";
+    pub const POST_DELETED: &str = "post.deleted";
+    pub const NOTIFICATION_CREATED: &str = "notification.created";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EventEnvelope {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub producer: String,
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("malformed event: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("expected a {expected} event, got {actual}")]
+    WrongType {
+        expected: &'static str,
+        actual: String,
+    },
+}
+
+/// A payload type knows its own routing key.
+pub trait EventData: Serialize + DeserializeOwned {
+    const TYPE: &'static str;
+}
+
+impl EventEnvelope {
+    /// A new event with a fresh id, stamped now.
+    pub fn new<T: EventData>(producer: &str, data: &T) -> Result<Self, EventError> {
+        Ok(Self {
+            id: Uuid::now_v7(),
+            event_type: T::TYPE.to_owned(),
+            occurred_at: Utc::now(),
+            producer: producer.to_owned(),
+            data: serde_json::to_value(data)?,
+        })
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, EventError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        // Serialising a struct of plain fields and a `Value` cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The typed payload, checking the event is of that type.
+    pub fn data<T: EventData>(&self) -> Result<T, EventError> {
+        if self.event_type != T::TYPE {
+            return Err(EventError::WrongType {
+                expected: T::TYPE,
+                actual: self.event_type.clone(),
+            });
+        }
+        Ok(serde_json::from_value(self.data.clone())?)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserFollowed {
+    pub follower_id: Uuid,
+    pub followed_id: Uuid,
+    /// So the notification can name the follower without asking the users service.
+    pub follower_username: String,
+}
+
+impl EventData for UserFollowed {
+    const TYPE: &'static str = event_type::USER_FOLLOWED;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserUnfollowed {
+    pub follower_id: Uuid,
+    pub followed_id: Uuid,
+}
+
+impl EventData for UserUnfollowed {
+    const TYPE: &'static str = event_type::USER_UNFOLLOWED;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostCreated {
+    /// The post's id (a MongoDB ObjectId in hex).
+    pub post_id: String,
+    pub author_id: Uuid,
+    pub caption: Option<String>,
+    pub media_url: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl EventData for PostCreated {
+    const TYPE: &'static str = event_type::POST_CREATED;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostDeleted {
+    pub post_id: String,
+    pub author_id: Uuid,
+}
+
+impl EventData for PostDeleted {
+    const TYPE: &'static str = event_type::POST_DELETED;
+}
+
+/// A notification as clients see it (REST and realtime alike).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationView {
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// The recipient.
+    pub user_id: Uuid,
+    /// `follow` or `post_created`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    pub data: serde_json::Value,
+    pub read: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Notifications just stored, for the realtime hub. One event may carry many recipients' notifications
+/// (a post's fan-out is emitted in batches); each carries its own `userId`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationCreated {
+    pub notifications: Vec<NotificationView>,
+}
+
+impl EventData for NotificationCreated {
+    const TYPE: &'static str = event_type::NOTIFICATION_CREATED;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_has_the_contract_field_names() {
+        let data = UserFollowed {
+            follower_id: Uuid::now_v7(),
+            followed_id: Uuid::now_v7(),
+            follower_username: "ada".into(),
+        };
+        let event = EventEnvelope::new("users", &data).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&event.to_vec()).unwrap();
+        for field in ["id", "type", "occurredAt", "producer", "data"] {
+            assert!(json.get(field).is_some(), "missing {field} in {json}");
+        }
+        assert_eq!(json["type"], "user.followed");
+        assert_eq!(json["data"]["followerUsername"], "ada");
+        assert_eq!(event.id.get_version_num(), 7);
+
+        let back = EventEnvelope::from_slice(&event.to_vec()).unwrap();
+        assert_eq!(back.data::<UserFollowed>().unwrap(), data);
+        assert!(matches!(
+            back.data::<PostCreated>(),
+            Err(EventError::WrongType { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        assert!(EventEnvelope::from_slice(b"not json").is_err());
+        assert!(EventEnvelope::from_slice(br#"{"id":"x"}"#).is_err());
+    }
+}

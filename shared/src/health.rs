@@ -1,0 +1,105 @@
+//! `/health` (the process is alive) and `/ready` (its backing services answer), on every part.
+//!
+//! Liveness never touches a dependency, so an orchestrator does not restart a healthy process
+//! because its database is slow. Readiness checks each dependency with a short timeout and
+//! answers 503 naming the ones that failed, so traffic is held back until they are reachable.
+
+use std::time::Duration;
+
+use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use serde_json::json;
+
+use crate::config::AmqpSettings;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A backing service a part needs in order to serve.
+#[derive(Clone)]
+pub enum Dependency {
+    Postgres(sqlx::PgPool),
+    Mongo(mongodb::Database),
+    Redis(redis::aio::ConnectionManager),
+    RabbitMq(AmqpSettings),
+}
+
+impl Dependency {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Mongo(_) => "mongodb",
+            Self::Redis(_) => "redis",
+            Self::RabbitMq(_) => "rabbitmq",
+        }
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        match self {
+            Self::Postgres(pool) => sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Self::Mongo(db) => db
+                .run_command(mongodb::bson::doc! { "ping": 1 })
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Self::Redis(connection) => {
+                let mut connection = connection.clone();
+                redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            Self::RabbitMq(settings) => {
+                let connection = crate::amqp::connect(settings)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = connection.close(200, "readiness check").await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The two routes, checking `dependencies` on `/ready`.
+pub fn router(dependencies: Vec<Dependency>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/ready", get(ready))
+        .with_state(dependencies)
+}
+
+async fn ready(State(dependencies): State<Vec<Dependency>>) -> impl IntoResponse {
+    let results =
+        futures_util::future::join_all(dependencies.iter().map(|dependency| async move {
+            let outcome = tokio::time::timeout(CHECK_TIMEOUT, dependency.check())
+                .await
+                .unwrap_or_else(|_| Err("timed out".to_owned()));
+            (dependency.name(), outcome)
+        }))
+        .await;
+    let mut checks = serde_json::Map::new();
+    let mut all_up = true;
+    for (name, outcome) in results {
+        if let Err(error) = &outcome {
+            all_up = false;
+            tracing::warn!(dependency = name, %error, "readiness check failed");
+        }
+        // The reason stays in the log: it may carry addresses or server messages.
+        checks.insert(
+            name.to_owned(),
+            json!(if outcome.is_ok() { "up" } else { "down" }),
+        );
+    }
+    let status = if all_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "status": if all_up { "ready" } else { "unavailable" }, "checks": checks })),
+    )
+}

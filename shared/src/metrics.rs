@@ -1,0 +1,80 @@
+//! Prometheus metrics: one process-wide recorder, a `/metrics` route, and request metrics for
+//! every HTTP route (count by route template and status, latency histogram).
+//!
+//! In the all-in-one binary every part shares the recorder; the `service` label tells them apart.
+
+use std::{sync::OnceLock, time::Instant};
+
+use axum::{
+    Router,
+    extract::{MatchedPath, Request},
+    http::header::CONTENT_TYPE,
+    middleware::Next,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets (seconds) for every `*_seconds` histogram: 0.5 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process-wide recorder, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed already; then ours just stays empty.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed");
+        }
+        handle
+    })
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub fn router() -> Router {
+    Router::new().route(
+        "/metrics",
+        get(|| async {
+            (
+                [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+                handle().render(),
+            )
+        }),
+    )
+}
+
+/// Adds request metrics labelled with `service` to every route of `router`.
+pub fn with_request_metrics(router: Router, service: &'static str) -> Router {
+    handle();
+    router.layer(axum::middleware::from_fn(
+        move |request: Request, next: Next| track(service, request, next),
+    ))
+}
+
+async fn track(service: &'static str, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    // The route template, not the raw path, so ids do not explode the label space.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await.into_response();
+    let labels = [
+        ("service", service.to_owned()),
+        ("route", route),
+        ("method", method),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

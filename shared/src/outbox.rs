@@ -1,0 +1,108 @@
+//! The relay half of the transactional outbox.
+//!
+//! A producer writes its state change and the pending event atomically (a row in the same
+//! PostgreSQL transaction, or the event inside the same MongoDB document). The relay here reads
+//! pending events, publishes them with confirms and only then marks them published. If RabbitMQ
+//! is down the events simply stay pending and go out once it is back; if the process dies between
+//! publishing and marking, they are published again and consumers dedupe them by event id.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{amqp::EventPublisher, events::EventEnvelope};
+
+/// Where a producer keeps its pending events.
+pub trait OutboxStore: Send + Sync + 'static {
+    type Error: std::fmt::Display + Send;
+
+    /// Up to `limit` unpublished events, oldest first.
+    fn pending(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<EventEnvelope>, Self::Error>> + Send;
+
+    /// Marks the events with these ids as published.
+    fn mark_published(&self, ids: &[Uuid]) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Events read and published per round.
+pub const RELAY_BATCH: usize = 200;
+/// How often the relay looks for pending events when nobody wakes it.
+pub const RELAY_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Wakes the relay right after a producer commits, so events do not wait for the next poll.
+#[derive(Clone, Default)]
+pub struct RelayWaker(Arc<Notify>);
+
+impl RelayWaker {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Publishes pending events until `shutdown` is cancelled.
+pub async fn run_relay<S: OutboxStore>(
+    store: S,
+    publisher: EventPublisher,
+    waker: RelayWaker,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let idle = match relay_round(&store, &publisher).await {
+            Ok(published) => {
+                backoff = Duration::from_millis(200);
+                if published > 0 {
+                    tracing::debug!(published, "outbox relay published events");
+                }
+                published < RELAY_BATCH
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "outbox relay could not publish; events stay pending");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if idle {
+            tokio::select! {
+                () = waker.0.notified() => {}
+                () = tokio::time::sleep(RELAY_POLL_INTERVAL) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// One batch: read, publish, mark. Returns how many were published.
+pub async fn relay_round<S: OutboxStore>(
+    store: &S,
+    publisher: &EventPublisher,
+) -> Result<usize, String> {
+    let events = store
+        .pending(RELAY_BATCH)
+        .await
+        .map_err(|e| e.to_string())?;
+    if events.is_empty() {
+        return Ok(0);
+    }
+    publisher
+        .publish_batch(&events)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    store
+        .mark_published(&ids)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(events.len())
+}

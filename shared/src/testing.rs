@@ -1,0 +1,262 @@
+//! Per-test isolation on the real backing servers.
+//!
+//! [`TestEnv::new`] gives a test its own PostgreSQL database, MongoDB databases, Redis key prefix
+//! and RabbitMQ exchange and queue names, plus a fresh signing key pair and service credential,
+//! all inside a [`Settings`] with every port set to 0. Services built from those settings create
+//! their databases on first use. When the `TestEnv` is dropped, everything it named is removed.
+//!
+//! Server addresses come from the same environment variables as production, so a CI machine
+//! with services elsewhere only sets those. A server that cannot be reached makes the part that
+//! needs it fail to build with an error naming that server (see [`crate::db`]), within
+//! [`TEST_STARTUP_WAIT`].
+
+use std::time::Duration;
+
+use sqlx::{Connection, Executor, postgres::PgConnectOptions};
+use uuid::Uuid;
+
+use crate::{
+    amqp::EVENT_LOG_QUEUE,
+    auth::{Claims, TokenIssuer, TokenKind, generate_internal_token, generate_key_pair},
+    config::{Secret, Settings},
+};
+
+/// How long a test waits for a backing server before failing with its name.
+pub const TEST_STARTUP_WAIT: Duration = Duration::from_secs(5);
+/// Unused test queues disappear after this long.
+const TEST_QUEUE_EXPIRES: Duration = Duration::from_secs(300);
+
+pub struct TestEnv {
+    pub settings: Settings,
+    pub issuer: TokenIssuer,
+    /// Short unique id of this test's resources.
+    pub id: String,
+}
+
+impl TestEnv {
+    /// Fresh, uniquely named resources on the servers the environment points at.
+    pub fn new() -> Self {
+        crate::telemetry::init_for_tests();
+        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let mut settings = Settings::from_env().expect("test environment variables are invalid");
+
+        let http = &mut settings.http;
+        http.host = std::net::IpAddr::from([127, 0, 0, 1]);
+        (http.gateway_port, http.auth_port, http.users_port) = (0, 0, 0);
+        (http.posts_port, http.notifications_port, http.hub_port) = (0, 0, 0);
+
+        let users_url = replace_database(
+            settings.postgres.users_url.expose(),
+            &format!("test_{id}_users"),
+        );
+        settings.postgres.users_url = Secret::new(users_url);
+        settings.postgres.max_connections = 5;
+        settings.mongo.posts_database = format!("test_{id}_posts");
+        settings.mongo.notifications_database = format!("test_{id}_notifications");
+        settings.redis.key_prefix = format!("test:{id}:");
+        settings.amqp.exchange = format!("test.{id}.events");
+        settings.amqp.queue_prefix = format!("test.{id}.");
+        settings.amqp.queue_expires = Some(TEST_QUEUE_EXPIRES);
+
+        let keys = generate_key_pair().expect("generate test key pair");
+        settings.jwt.private_key_pem = Some(Secret::new(keys.private_key_pem));
+        settings.jwt.public_key_pem = Some(keys.public_key_pem);
+        settings.internal.token = Some(generate_internal_token());
+        settings.startup_wait = TEST_STARTUP_WAIT;
+
+        let issuer = TokenIssuer::from_settings(&settings.jwt).expect("test signing key");
+        Self {
+            settings,
+            issuer,
+            id,
+        }
+    }
+
+    /// A valid access token for `user`, as the auth service would mint it.
+    pub fn access_token(&self, user: Uuid) -> String {
+        self.issuer
+            .issue(user, Uuid::now_v7(), TokenKind::Access)
+            .expect("sign test token")
+            .0
+    }
+
+    /// An access token for `user` that expires `seconds` from now.
+    pub fn access_token_expiring_in(&self, user: Uuid, seconds: i64) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: user,
+            sid: Uuid::now_v7(),
+            jti: Uuid::now_v7(),
+            typ: TokenKind::Access,
+            iat: now,
+            exp: now + seconds,
+        };
+        self.issuer.sign(&claims).expect("sign test token")
+    }
+
+    /// This test's MongoDB database named `name` (one of the settings' database names).
+    pub async fn mongo(&self, name: &str) -> mongodb::Database {
+        crate::db::connect_mongo(&self.settings.mongo.url, name, TEST_STARTUP_WAIT)
+            .await
+            .expect("MongoDB-protocol server unreachable")
+    }
+
+    pub async fn redis(&self) -> redis::aio::ConnectionManager {
+        crate::db::connect_redis(&self.settings.redis.url, TEST_STARTUP_WAIT)
+            .await
+            .expect("Redis unreachable")
+    }
+
+    /// A pool on this test's PostgreSQL database (created if needed).
+    pub async fn postgres(&self) -> sqlx::PgPool {
+        crate::db::connect_postgres(&self.settings.postgres.users_url, 5, TEST_STARTUP_WAIT)
+            .await
+            .expect("PostgreSQL unreachable")
+    }
+
+    /// A RabbitMQ channel (the events exchange and log declared) for publishing or inspecting.
+    pub async fn amqp_channel(&self) -> (lapin::Connection, lapin::Channel) {
+        let connection = crate::amqp::connect(&self.settings.amqp)
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ unreachable: {e}"));
+        let channel = connection
+            .create_channel()
+            .await
+            .expect("open RabbitMQ channel");
+        crate::amqp::declare_topology(&channel, &self.settings.amqp)
+            .await
+            .expect("declare RabbitMQ topology");
+        (connection, channel)
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn replace_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let server = match base.rfind('/') {
+        Some(slash) if slash > base.find("://").map_or(0, |i| i + 2) => &base[..slash],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{server}/{database}?{q}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let settings = self.settings.clone();
+        // Drop cannot await, and the test's runtime may be single-threaded: clean up on a
+        // thread of our own with its own runtime.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let budget = Duration::from_secs(10);
+                let _ = tokio::time::timeout(budget, cleanup(&settings)).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn cleanup(settings: &Settings) {
+    let database_url = settings.postgres.users_url.expose();
+    if let Ok(options) = database_url.parse::<PgConnectOptions>() {
+        let database = options
+            .get_database()
+            .unwrap_or_default()
+            .replace('"', "\"\"");
+        if let Ok(mut admin) = sqlx::PgConnection::connect_with(&options.database("postgres")).await
+        {
+            let _ = admin
+                .execute(format!(r#"DROP DATABASE IF EXISTS "{database}" WITH (FORCE)"#).as_str())
+                .await;
+        }
+    }
+
+    if let Ok(client) = mongodb::Client::with_uri_str(settings.mongo.url.expose()).await {
+        for name in [
+            &settings.mongo.posts_database,
+            &settings.mongo.notifications_database,
+        ] {
+            let _ = client.database(name).drop().await;
+        }
+    }
+
+    if let Ok(client) = redis::Client::open(settings.redis.url.expose().as_str())
+        && let Ok(mut connection) = client.get_multiplexed_async_connection().await
+    {
+        let pattern = format!("{}*", settings.redis.key_prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let Ok((next, keys)) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async::<(u64, Vec<String>)>(&mut connection)
+                .await
+            else {
+                break;
+            };
+            if !keys.is_empty() {
+                let _ = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<()>(&mut connection)
+                    .await;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+
+    if let Ok(connection) = crate::amqp::connect(&settings.amqp).await {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .queue_delete(&settings.amqp.queue(EVENT_LOG_QUEUE), Default::default())
+                .await;
+        }
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .exchange_delete(&settings.amqp.exchange, Default::default())
+                .await;
+        }
+        let _ = connection.close(200, "test cleanup").await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_database;
+
+    #[test]
+    fn database_is_replaced_in_urls() {
+        assert_eq!(
+            replace_database("postgres://postgres@127.0.0.1:5432/instaclone_users", "t1"),
+            "postgres://postgres@127.0.0.1:5432/t1"
+        );
+        assert_eq!(
+            replace_database("postgres://u:p@h:5432/db?sslmode=disable", "t1"),
+            "postgres://u:p@h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(
+            replace_database("postgres://h:5432", "t1"),
+            "postgres://h:5432/t1"
+        );
+    }
+}

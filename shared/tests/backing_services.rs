@@ -1,0 +1,266 @@
+//! The harness and helpers against the real servers: each test touches one backing service
+//! through an isolated [`TestEnv`], and checks the isolation is undone on drop.
+
+#![allow(clippy::unwrap_used)] // test helpers, like the tests, fail by panicking
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use instaclone_shared::{
+    amqp::{EventPublisher, HandlerError, QueueSpec, declare_work_queue, run_consumer},
+    db,
+    events::{EventEnvelope, PostDeleted, UserUnfollowed, event_type},
+    testing::TestEnv,
+};
+use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicQosOptions};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn postgres_database_is_created_for_the_test_and_dropped_after() {
+    let env = TestEnv::new();
+    let pool = env.postgres().await;
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(name, format!("test_{}_users", env.id));
+    pool.close().await;
+
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .expect("PostgreSQL unreachable at 127.0.0.1:5432");
+    drop(env);
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert!(!exists, "test database {name} was not dropped");
+}
+
+#[tokio::test]
+async fn mongo_database_is_private_to_the_test_and_dropped_after() {
+    let env = TestEnv::new();
+    let db = env.mongo(&env.settings.mongo.posts_database).await;
+    let posts = db.collection::<mongodb::bson::Document>("posts");
+    posts
+        .insert_one(mongodb::bson::doc! { "caption": "hello" })
+        .await
+        .unwrap();
+    assert_eq!(
+        posts.count_documents(mongodb::bson::doc! {}).await.unwrap(),
+        1
+    );
+    let client = db.client().clone();
+    let name = db.name().to_owned();
+    drop(env);
+    let names = client.list_database_names().await.unwrap();
+    assert!(!names.contains(&name), "{name} still exists");
+}
+
+#[tokio::test]
+async fn redis_keys_live_under_the_test_prefix_and_are_removed_after() {
+    let env = TestEnv::new();
+    let mut redis = env.redis().await;
+    let key = env.settings.redis.key("greeting");
+    assert!(key.starts_with(&format!("test:{}:", env.id)));
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("hi")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let value: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(value, "hi");
+    drop(env);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(!exists);
+}
+
+#[tokio::test]
+async fn unreachable_server_is_named_in_the_error() {
+    let url = instaclone_shared::config::Secret::new("redis://127.0.0.1:1".to_owned());
+    let Err(error) = db::connect_redis(&url, Duration::from_millis(300)).await else {
+        panic!("connected to a port where nothing listens");
+    };
+    assert!(
+        error.to_string().contains("Redis at redis://127.0.0.1:1"),
+        "{error}"
+    );
+}
+
+fn unfollowed() -> EventEnvelope {
+    let data = UserUnfollowed {
+        follower_id: Uuid::now_v7(),
+        followed_id: Uuid::now_v7(),
+    };
+    EventEnvelope::new("test", &data).unwrap()
+}
+
+#[tokio::test]
+async fn published_events_reach_a_bound_consumer_and_the_event_log() {
+    let env = TestEnv::new();
+    let spec = QueueSpec {
+        name: env.settings.amqp.queue("consumer"),
+        routing_keys: vec![event_type::USER_UNFOLLOWED.to_owned()],
+        delivery_limit: 3,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    // Declare before publishing so nothing is published into an unbound exchange.
+    let (_connection, channel) = env.amqp_channel().await;
+    declare_work_queue(&channel, &env.settings.amqp, &spec)
+        .await
+        .unwrap();
+    let consumer = tokio::spawn(run_consumer(
+        env.settings.amqp.clone(),
+        spec,
+        shutdown.clone(),
+        move |event: EventEnvelope| {
+            let tx = tx.clone();
+            async move {
+                tx.send(event)
+                    .map_err(|e| HandlerError::Transient(e.to_string()))
+            }
+        },
+    ));
+
+    let publisher = EventPublisher::new(env.settings.amqp.clone());
+    let event = unfollowed();
+    publisher.publish(&event).await.unwrap();
+    // Not bound to this queue: must not arrive.
+    let other = EventEnvelope::new(
+        "test",
+        &PostDeleted {
+            post_id: "p".into(),
+            author_id: Uuid::now_v7(),
+        },
+    )
+    .unwrap();
+    publisher.publish(&other).await.unwrap();
+
+    let received = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("event not delivered within 10 s")
+        .unwrap();
+    assert_eq!(received, event);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_err(),
+        "an event of an unbound type was delivered"
+    );
+    shutdown.cancel();
+    consumer.await.unwrap();
+
+    // The stream keeps both events, readable from the first offset.
+    channel
+        .basic_qos(10, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        lapin::types::AMQPValue::LongString("first".into()),
+    );
+    let mut log = channel
+        .basic_consume(
+            &env.settings
+                .amqp
+                .queue(instaclone_shared::amqp::EVENT_LOG_QUEUE),
+            "log-reader",
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), log.next())
+            .await
+            .expect("event log did not return both events")
+            .unwrap()
+            .unwrap();
+        ids.push(EventEnvelope::from_slice(&delivery.data).unwrap().id);
+        delivery.ack(Default::default()).await.unwrap();
+    }
+    assert_eq!(ids, vec![event.id, other.id]);
+}
+
+#[tokio::test]
+async fn poison_and_repeatedly_failing_messages_end_in_the_dead_letter_queue() {
+    let env = TestEnv::new();
+    let spec = QueueSpec {
+        name: env.settings.amqp.queue("poison"),
+        routing_keys: vec![event_type::USER_UNFOLLOWED.to_owned()],
+        delivery_limit: 2,
+    };
+    let (_connection, channel) = env.amqp_channel().await;
+    declare_work_queue(&channel, &env.settings.amqp, &spec)
+        .await
+        .unwrap();
+    let permanent = unfollowed();
+    let transient = unfollowed();
+    let (permanent_id, transient_id) = (permanent.id, transient.id);
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = attempts.clone();
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn(run_consumer(
+        env.settings.amqp.clone(),
+        spec.clone(),
+        shutdown.clone(),
+        move |event: EventEnvelope| {
+            let counted = counted.clone();
+            async move {
+                if event.id == permanent_id {
+                    Err(HandlerError::Permanent("cannot be processed".into()))
+                } else {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Err(HandlerError::Transient("dependency down".into()))
+                }
+            }
+        },
+    ));
+    let publisher = EventPublisher::new(env.settings.amqp.clone());
+    publisher.publish(&permanent).await.unwrap();
+    publisher.publish(&transient).await.unwrap();
+
+    let mut dead = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while dead.len() < 2 && tokio::time::Instant::now() < deadline {
+        match channel
+            .basic_get(&spec.dead_letter_queue(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(message) => dead.push(
+                EventEnvelope::from_slice(&message.delivery.data)
+                    .unwrap()
+                    .id,
+            ),
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    dead.sort();
+    let mut expected = vec![permanent_id, transient_id];
+    expected.sort();
+    assert_eq!(dead, expected, "both messages should be dead-lettered");
+    // Delivery limit 2: the first delivery and two redeliveries, then dead-lettered.
+    let tries = attempts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (2..=3).contains(&tries),
+        "transient message handled {tries} times"
+    );
+    shutdown.cancel();
+    consumer.await.unwrap();
+}

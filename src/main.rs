@@ -1,0 +1,167 @@
+//! `instaclone`: the whole platform in one process (monolithic mode), or a chosen subset of it.
+//!
+//! Every part runs on its usual port, exactly as its own binary would run it (like Grafana Loki's
+//! `-target=all`). Without configured token keys or service credential, this mode makes
+//! ephemeral ones at start and says so in the log; the per-service binaries refuse to start
+//! without them instead.
+
+use std::{fmt, path::PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::future::try_join_all;
+use instaclone_shared::{
+    auth::{generate_internal_token, generate_key_pair},
+    config::{Secret, Settings},
+    server::{ServiceApp, shutdown_on_signal},
+    telemetry,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Instaclone: the social backend with realtime notifications"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Parts to run (comma-separated); all of them when omitted.
+    #[arg(long, value_delimiter = ',', global = true)]
+    only: Vec<Part>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform (the default).
+    Run,
+    /// Write a fresh Ed25519 key pair for access tokens to DIR/jwt_private.pem and DIR/jwt_public.pem.
+    Keygen {
+        #[arg(long, default_value = "keys")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Part {
+    Gateway,
+    Auth,
+    Users,
+    Posts,
+    Notifications,
+    Hub,
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.to_possible_value().map(|v| v.get_name().to_owned());
+        f.write_str(&name.unwrap_or_default())
+    }
+}
+
+const ALL_PARTS: [Part; 6] = [
+    Part::Users,
+    Part::Auth,
+    Part::Posts,
+    Part::Notifications,
+    Part::Hub,
+    Part::Gateway,
+];
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Keygen { out } => keygen(&out),
+        Command::Run => {
+            let parts = if cli.only.is_empty() {
+                ALL_PARTS.to_vec()
+            } else {
+                cli.only
+            };
+            run(&parts).await
+        }
+    }
+}
+
+fn keygen(dir: &std::path::Path) -> anyhow::Result<()> {
+    let pair = generate_key_pair()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let private = dir.join("jwt_private.pem");
+    let public = dir.join("jwt_public.pem");
+    std::fs::write(&private, pair.private_key_pem)
+        .with_context(|| format!("write {}", private.display()))?;
+    std::fs::write(&public, pair.public_key_pem)
+        .with_context(|| format!("write {}", public.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600))?;
+    }
+    eprintln!("wrote {} and {}", private.display(), public.display());
+    Ok(())
+}
+
+async fn run(parts: &[Part]) -> anyhow::Result<()> {
+    let mut settings = Settings::from_env()?;
+    telemetry::init(settings.log_format);
+    fill_in_ephemeral_secrets(&mut settings)?;
+
+    let shutdown = shutdown_on_signal();
+    let mut apps = Vec::with_capacity(parts.len());
+    for part in parts {
+        let app = build(*part, &settings, shutdown.clone())
+            .await
+            .with_context(|| format!("cannot start {part}"))?;
+        tracing::info!(part = %part, port = app.port(), "started");
+        apps.push(app);
+    }
+    // If one part fails, stop the others instead of running half a platform.
+    let stop_all = shutdown.clone();
+    try_join_all(apps.into_iter().map(|app| {
+        let stop_all = stop_all.clone();
+        async move {
+            let result = app.run_until_stopped().await;
+            stop_all.cancel();
+            result
+        }
+    }))
+    .await?;
+    Ok(())
+}
+
+fn fill_in_ephemeral_secrets(settings: &mut Settings) -> anyhow::Result<()> {
+    let jwt = &mut settings.jwt;
+    match (&jwt.private_key_pem, &jwt.public_key_pem) {
+        (None, None) => {
+            let pair = generate_key_pair()?;
+            jwt.private_key_pem = Some(Secret::new(pair.private_key_pem));
+            jwt.public_key_pem = Some(pair.public_key_pem);
+            tracing::warn!(
+                "no JWT keys configured: generated an ephemeral key pair; tokens will not survive a restart (run `instaclone keygen` and set JWT_PRIVATE_KEY_FILE / JWT_PUBLIC_KEY_FILE to keep them)"
+            );
+        }
+        (Some(_), Some(_)) => {}
+        _ => anyhow::bail!("set both JWT private and public keys, or neither"),
+    }
+    if settings.internal.token.is_none() {
+        settings.internal.token = Some(generate_internal_token());
+        tracing::info!("no INTERNAL_TOKEN configured: generated one for this process");
+    }
+    Ok(())
+}
+
+async fn build(
+    part: Part,
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ServiceApp> {
+    Ok(match part {
+        Part::Gateway => instaclone_gateway::build(settings, shutdown).await?,
+        Part::Auth => instaclone_auth::build(settings, shutdown).await?,
+        Part::Users => instaclone_users::build(settings, shutdown).await?,
+        Part::Posts => instaclone_posts::build(settings, shutdown).await?,
+        Part::Notifications => instaclone_notifications::build(settings, shutdown).await?,
+        Part::Hub => instaclone_realtime_hub::build(settings, shutdown).await?,
+    })
+}
