@@ -1,0 +1,219 @@
+//! Service-to-service HTTP clients, over pooled connections with a timeout and the service
+//! credential. The users service's internal API is the one other services call:
+//!
+//! | route | result (`data` of the envelope) |
+//! |---|---|
+//! | `POST /internal/users` `{email, username?, passwordHash}` | 201 [`UserRecord`]; 409 taken; 400 invalid |
+//! | `GET /internal/users/by-email?email=` | [`UserCredentials`]; 404 |
+//! | `GET /internal/users/{id}` | [`UserRecord`]; 404 |
+//! | `GET /internal/users/{id}/followers?limit=&cursor=` | [`IdPage`] of follower ids; 404 unknown user |
+//! | `GET /internal/users/{id}/following?limit=&cursor=` | [`IdPage`] of followed ids; 404 unknown user |
+//!
+//! Id pages are keyset-paginated: pass `nextCursor` back as `cursor` until it is `null`. A page
+//! holds at most [`MAX_ID_PAGE`] ids, so a user with 100,000 followers is streamed, never loaded
+//! whole.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+use crate::auth::{INTERNAL_TOKEN_HEADER, InternalToken};
+
+/// Largest id page the internal follower/following routes return.
+pub const MAX_ID_PAGE: u32 = 5000;
+
+/// A user as services see it (the public shape plus the email).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRecord {
+    pub id: Uuid,
+    pub email: String,
+    pub username: String,
+    pub display_name: Option<String>,
+    pub bio: Option<String>,
+    pub avatar_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewUser {
+    pub email: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserCredentials {
+    pub user: UserRecord,
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IdPage {
+    pub ids: Vec<Uuid>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// 400: the request was invalid; the message says why.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("not found")]
+    NotFound,
+    /// 409: e.g. email or username taken; the message says which.
+    #[error("{0}")]
+    Conflict(String),
+    /// The service is down, slow or failing; worth retrying later.
+    #[error("{service} unavailable: {reason}")]
+    Unavailable {
+        service: &'static str,
+        reason: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct DataEnvelope<T> {
+    data: T,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    message: serde_json::Value,
+}
+
+/// The users service's internal API. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct UsersClient {
+    http: reqwest::Client,
+    base_url: String,
+    token: InternalToken,
+}
+
+impl UsersClient {
+    pub fn new(base_url: &str, token: InternalToken, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            token,
+        }
+    }
+
+    pub async fn create_user(&self, user: &NewUser) -> Result<UserRecord, ClientError> {
+        let request = self.http.post(self.url("/internal/users")).json(user);
+        self.send(request).await
+    }
+
+    pub async fn find_by_email(&self, email: &str) -> Result<Option<UserCredentials>, ClientError> {
+        let request = self
+            .http
+            .get(self.url("/internal/users/by-email"))
+            .query(&[("email", email)]);
+        optional(self.send(request).await)
+    }
+
+    pub async fn get_user(&self, id: Uuid) -> Result<Option<UserRecord>, ClientError> {
+        let request = self.http.get(self.url(&format!("/internal/users/{id}")));
+        optional(self.send(request).await)
+    }
+
+    /// One page of the ids of `id`'s followers, newest first.
+    pub async fn followers_page(
+        &self,
+        id: Uuid,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<IdPage, ClientError> {
+        self.id_page(id, "followers", cursor, limit).await
+    }
+
+    /// One page of the ids of the users `id` follows, newest first.
+    pub async fn following_page(
+        &self,
+        id: Uuid,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<IdPage, ClientError> {
+        self.id_page(id, "following", cursor, limit).await
+    }
+
+    async fn id_page(
+        &self,
+        id: Uuid,
+        list: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<IdPage, ClientError> {
+        let mut request = self
+            .http
+            .get(self.url(&format!("/internal/users/{id}/{list}")))
+            .query(&[("limit", limit.to_string())]);
+        if let Some(cursor) = cursor {
+            request = request.query(&[("cursor", cursor)]);
+        }
+        self.send(request).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let unavailable = |reason: String| ClientError::Unavailable {
+            service: "users",
+            reason,
+        };
+        let response = request
+            .header(INTERNAL_TOKEN_HEADER, self.token.expose())
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .json::<DataEnvelope<T>>()
+                .await
+                .map(|envelope| envelope.data)
+                .map_err(|e| unavailable(format!("unreadable response: {e}")));
+        }
+        let message = response
+            .json::<ErrorBody>()
+            .await
+            .map(|body| match body.message {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            })
+            .unwrap_or_else(|_| status.to_string());
+        Err(match status {
+            StatusCode::BAD_REQUEST => ClientError::BadRequest(message),
+            StatusCode::NOT_FOUND => ClientError::NotFound,
+            StatusCode::CONFLICT => ClientError::Conflict(message),
+            _ => unavailable(format!("{status}: {message}")),
+        })
+    }
+}
+
+fn optional<T>(result: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(ClientError::NotFound) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
