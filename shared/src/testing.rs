@@ -260,3 +260,135 @@ mod tests {
         );
     }
 }
+
+/// A TCP forwarder in front of a real server, so a test can cut the server off (an outage as the
+/// service sees it: connections drop, new ones are refused) and bring it back, without stopping
+/// the shared server other tests use.
+pub struct TcpProxy {
+    port: u16,
+    upstream: String,
+    state: std::sync::Arc<ProxyState>,
+}
+
+struct ProxyState {
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    connections: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl TcpProxy {
+    /// Listens on a free local port and forwards to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let proxy = Self {
+            port,
+            upstream: upstream.to_owned(),
+            state: std::sync::Arc::new(ProxyState {
+                task: std::sync::Mutex::new(None),
+                connections: std::sync::Mutex::new(Vec::new()),
+            }),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    /// A proxy in front of this environment's RabbitMQ; returns it and the AMQP URL through it.
+    pub async fn for_rabbitmq(settings: &Settings) -> (Self, Secret<String>) {
+        let url = settings.amqp.url.expose();
+        let upstream = host_port(url, 5672);
+        let proxy = Self::start(&upstream).await;
+        let through = url.replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+        (proxy, Secret::new(through))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let upstream = self.upstream.clone();
+        let state = self.state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let connection = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                state
+                    .connections
+                    .lock()
+                    .expect("proxy lock")
+                    .push(connection.abort_handle());
+            }
+        });
+        *self.state.task.lock().expect("proxy lock") = Some(task);
+    }
+
+    /// The outage: stop listening and drop every open connection.
+    pub fn cut(&self) {
+        if let Some(task) = self.state.task.lock().expect("proxy lock").take() {
+            task.abort();
+        }
+        for connection in self.state.connections.lock().expect("proxy lock").drain(..) {
+            connection.abort();
+        }
+    }
+
+    /// The recovery: listen again on the same port.
+    pub async fn restore(&self) {
+        let mut attempts = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(listener) => break listener,
+                Err(error) if attempts < 50 => {
+                    attempts += 1;
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("cannot listen on proxy port {} again: {error}", self.port),
+            }
+        };
+        self.serve(listener);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// `host:port` of a URL like `scheme://user:pass@host:port/path`.
+fn host_port(url: &str, default_port: u16) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let after_credentials = after_scheme
+        .rsplit_once('@')
+        .map_or(after_scheme, |(_, rest)| rest);
+    let authority = after_credentials
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{default_port}")
+    }
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    use super::host_port;
+
+    #[test]
+    fn host_port_of_urls() {
+        assert_eq!(
+            host_port("amqp://guest:guest@127.0.0.1:5672/%2f", 5672),
+            "127.0.0.1:5672"
+        );
+        assert_eq!(host_port("amqp://rabbit/%2f", 5672), "rabbit:5672");
+    }
+}

@@ -264,3 +264,20 @@ async fn poison_and_repeatedly_failing_messages_end_in_the_dead_letter_queue() {
     shutdown.cancel();
     consumer.await.unwrap();
 }
+
+#[tokio::test]
+async fn publisher_fails_while_the_broker_is_cut_off_and_recovers_after() {
+    let env = TestEnv::new();
+    let (proxy, url) = instaclone_shared::testing::TcpProxy::for_rabbitmq(&env.settings).await;
+    let mut settings = env.settings.amqp.clone();
+    settings.url = url;
+    let publisher = EventPublisher::new(settings);
+    publisher.publish(&unfollowed()).await.unwrap();
+    proxy.cut();
+    assert!(
+        publisher.publish(&unfollowed()).await.is_err(),
+        "published through a cut link"
+    );
+    proxy.restore().await;
+    publisher.publish(&unfollowed()).await.unwrap();
+}
