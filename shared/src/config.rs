@@ -291,7 +291,10 @@ impl Settings {
                 exchange: env.string("EVENTS_EXCHANGE", "instaclone.events"),
                 queue_prefix: env.string("AMQP_QUEUE_PREFIX", "instaclone."),
                 prefetch: env.parse("AMQP_PREFETCH", 64)?,
-                queue_expires: None,
+                queue_expires: env
+                    .optional("AMQP_QUEUE_EXPIRES_SECS")
+                    .map(|_| env.seconds("AMQP_QUEUE_EXPIRES_SECS", 0))
+                    .transpose()?,
             },
             jwt: JwtSettings {
                 private_key_pem: env
