@@ -1,38 +1,90 @@
 //! Users service. Profiles, the follow graph and search, on PostgreSQL.
 //!
 //! A library (`build` returns a bound [`ServiceApp`]) with a thin `main.rs`, so the all-in-one
-//! binary and the tests start it in-process.
+//! binary and the tests start it in-process. `build` runs the embedded migrations, then starts
+//! two background tasks beside the HTTP server: the outbox relay that publishes `user.followed`
+//! and `user.unfollowed`, and the consumer of `post.created`/`post.deleted` that keeps post
+//! counts.
+//!
+//! Public routes are in [`api`], service-to-service routes in [`internal`].
 
+pub mod api;
+pub mod domain;
+pub mod error;
+pub mod internal;
+pub mod outbox;
+pub mod posts_count;
+pub mod store;
+pub mod views;
+
+use axum::extract::FromRef;
 use instaclone_shared::{
-    auth::TokenVerifier,
+    amqp::{EventPublisher, run_consumer},
+    auth::{InternalToken, TokenVerifier},
     config::Settings,
     db,
     health::{self, Dependency},
     http::with_common_layers,
     metrics,
+    outbox::{RelayWaker, run_relay},
     server::{ServiceApp, StartupError},
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::{outbox::PgOutbox, store::Store};
+
 pub const SERVICE_NAME: &str = "users";
 
-/// Connects to the backing services and binds the listener; serve with
+/// What every handler can reach.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub store: Store,
+    pub verifier: TokenVerifier,
+    pub internal_token: InternalToken,
+    /// Woken after a follow change commits, so its event goes out at once.
+    pub relay_waker: RelayWaker,
+}
+
+/// Connects to the backing services, migrates the database and binds the listener; serve with
 /// [`ServiceApp::run_until_stopped`].
 pub async fn build(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> Result<ServiceApp, StartupError> {
     // Fail at startup, not on the first request, when the token keys are missing or invalid.
-    let _verifier = TokenVerifier::from_settings(&settings.jwt)?;
+    let verifier = TokenVerifier::from_settings(&settings.jwt)?;
+    let internal_token = settings
+        .internal
+        .token
+        .clone()
+        .map(InternalToken::new)
+        .ok_or_else(|| {
+            StartupError::Config("no service credential configured (set INTERNAL_TOKEN)".to_owned())
+        })?;
     let pool = db::connect_postgres(
         &settings.postgres.users_url,
         settings.postgres.max_connections,
         settings.startup_wait,
     )
     .await?;
+    sqlx::migrate!()
+        .run(&pool)
+        .await
+        .map_err(|e| StartupError::Migrate(e.to_string()))?;
+
+    let relay_waker = RelayWaker::default();
+    let state = AppState {
+        store: Store::new(pool.clone()),
+        verifier,
+        internal_token,
+        relay_waker: relay_waker.clone(),
+    };
     let router = axum::Router::new()
+        .merge(api::router())
+        .merge(internal::router())
+        .with_state(state)
         .merge(health::router(vec![
-            Dependency::Postgres(pool),
+            Dependency::Postgres(pool.clone()),
             Dependency::RabbitMq(settings.amqp.clone()),
         ]))
         .merge(metrics::router());
@@ -40,13 +92,28 @@ pub async fn build(
         metrics::with_request_metrics(router, SERVICE_NAME),
         settings.http.body_limit_bytes,
     );
-    ServiceApp::bind(
+    let mut app = ServiceApp::bind(
         SERVICE_NAME,
         settings.http.host,
         settings.http.users_port,
         router,
-        shutdown,
+        shutdown.clone(),
     )
     .await
-    .map_err(StartupError::from)
+    .map_err(StartupError::from)?;
+
+    app.spawn_task(run_relay(
+        PgOutbox::new(pool.clone()),
+        EventPublisher::new(settings.amqp.clone()),
+        relay_waker,
+        shutdown.clone(),
+    ));
+    let consumer_pool = pool;
+    app.spawn_task(run_consumer(
+        settings.amqp.clone(),
+        posts_count::queue_spec(&settings.amqp),
+        shutdown,
+        move |event| posts_count::apply(consumer_pool.clone(), event),
+    ));
+    Ok(app)
 }
