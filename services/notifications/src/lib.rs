@@ -1,10 +1,24 @@
-//! Notifications service. Notification fan-out and history, on MongoDB.
+//! Notifications service: turns follow and new-post events into notifications, keeps each
+//! user's notification history in MongoDB, serves it over REST, and tells the realtime hub about
+//! every new notification with `notification.created` events.
 //!
 //! A library (`build` returns a bound [`ServiceApp`]) with a thin `main.rs`, so the all-in-one
-//! binary and the tests start it in-process.
+//! binary and the tests start it in-process. The event handling is in [`events`], its storage in
+//! [`store`], the REST routes in [`routes`], and rebuilding from the event log in [`replay`].
+
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod replay;
+pub mod routes;
+pub mod store;
+
+use std::sync::Arc;
 
 use instaclone_shared::{
-    auth::TokenVerifier,
+    amqp::EventPublisher,
+    auth::{InternalToken, TokenVerifier},
+    clients::UsersClient,
     config::Settings,
     db,
     health::{self, Dependency},
@@ -14,23 +28,22 @@ use instaclone_shared::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::{events::EventProcessor, routes::AppState, store::NotificationStore};
+
 pub const SERVICE_NAME: &str = "notifications";
 
-/// Connects to the backing services and binds the listener; serve with
-/// [`ServiceApp::run_until_stopped`].
+/// Connects to the backing services, prepares the indexes, binds the listener and starts the
+/// event consumer; serve with [`ServiceApp::run_until_stopped`].
 pub async fn build(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> Result<ServiceApp, StartupError> {
     // Fail at startup, not on the first request, when the token keys are missing or invalid.
-    let _verifier = TokenVerifier::from_settings(&settings.jwt)?;
-    let mongo = db::connect_mongo(
-        &settings.mongo.url,
-        &settings.mongo.notifications_database,
-        settings.startup_wait,
-    )
-    .await?;
+    let verifier = TokenVerifier::from_settings(&settings.jwt)?;
+    let (mongo, processor) = connect_processor(settings).await?;
+    let store = NotificationStore::new(&mongo);
     let router = axum::Router::new()
+        .merge(routes::router(AppState { store, verifier }))
         .merge(health::router(vec![
             Dependency::Mongo(mongo),
             Dependency::RabbitMq(settings.amqp.clone()),
@@ -40,13 +53,60 @@ pub async fn build(
         metrics::with_request_metrics(router, SERVICE_NAME),
         settings.http.body_limit_bytes,
     );
-    ServiceApp::bind(
+    let mut app = ServiceApp::bind(
         SERVICE_NAME,
         settings.http.host,
         settings.http.notifications_port,
         router,
-        shutdown,
+        shutdown.clone(),
     )
-    .await
-    .map_err(StartupError::from)
+    .await?;
+    app.spawn_task(events::run(
+        settings.amqp.clone(),
+        Arc::new(processor),
+        shutdown,
+    ));
+    Ok(app)
+}
+
+/// The event processor on its database (indexes ensured), as the service and the replay command
+/// use it.
+pub async fn connect_processor(
+    settings: &Settings,
+) -> Result<(mongodb::Database, EventProcessor), StartupError> {
+    let token = settings.internal.token.clone().ok_or_else(|| {
+        StartupError::Config(
+            "INTERNAL_TOKEN is not set: the notifications service needs it to read followers \
+             from the users service"
+                .to_owned(),
+        )
+    })?;
+    let users = UsersClient::new(
+        &settings.services.users,
+        InternalToken::new(token),
+        settings.internal.request_timeout,
+    );
+    let mongo = db::connect_mongo(
+        &settings.mongo.url,
+        &settings.mongo.notifications_database,
+        settings.startup_wait,
+    )
+    .await?;
+    let store = NotificationStore::new(&mongo);
+    store
+        .ensure_indexes()
+        .await
+        .map_err(|e| StartupError::Migrate(format!("notification indexes: {e}")))?;
+    let publisher = EventPublisher::new(settings.amqp.clone());
+    Ok((mongo, EventProcessor::new(store, users, publisher)))
+}
+
+/// Replays the event log from `since` (see [`replay`]): connects like the service does, without
+/// serving HTTP.
+pub async fn replay_since(
+    settings: &Settings,
+    since: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<replay::ReplayReport> {
+    let (_mongo, processor) = connect_processor(settings).await?;
+    Ok(replay::replay(&settings.amqp, &processor, since).await?)
 }

@@ -1,0 +1,319 @@
+//! Notifications and event progress in MongoDB (the service's own database).
+//!
+//! Two collections:
+//! - `notifications`: one document per (event, recipient). The unique index on
+//!   `{eventId, userId}` is what makes every redelivery and replay harmless: a second insert of
+//!   the same notification fails with a duplicate-key error, which this module reads as "already
+//!   stored" and answers with the stored document, so it can be emitted again.
+//! - `event_progress`: one document per handled event, holding how far a fan-out got (the users
+//!   service's follower cursor after the last page that was stored *and* emitted) and whether it
+//!   completed. A redelivered `post.created` resumes after the last finished page instead of
+//!   starting over, and a completed event is skipped at once.
+//!
+//! Listing is keyset-paginated on `_id` (ObjectIds grow with time), newest first, served by the
+//! `{userId, _id}` and `{userId, read, _id}` indexes.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use mongodb::{
+    Collection, Database, IndexModel,
+    bson::{self, Document, doc, oid::ObjectId},
+    error::ErrorKind,
+    options::{IndexOptions, ReturnDocument},
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    domain::{NotificationData, NotificationId, NotificationKind, PageLimit},
+    error::{DUPLICATE_KEY, NotificationsError},
+};
+use futures_util::TryStreamExt;
+use instaclone_shared::events::NotificationView;
+
+const NOTIFICATIONS: &str = "notifications";
+const EVENT_PROGRESS: &str = "event_progress";
+
+/// A stored notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationDocument {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    /// The recipient (a UUID as text).
+    pub user_id: String,
+    /// The event this notification came from; with `user_id`, its identity.
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    pub data: NotificationData,
+    pub read: bool,
+    pub created_at: bson::DateTime,
+    pub updated_at: bson::DateTime,
+}
+
+impl NotificationDocument {
+    /// A new, unread notification for `recipient`, created now.
+    pub fn new(
+        event_id: Uuid,
+        recipient: Uuid,
+        kind: NotificationKind,
+        message: String,
+        data: NotificationData,
+        now: bson::DateTime,
+    ) -> Self {
+        Self {
+            id: ObjectId::new(),
+            user_id: recipient.to_string(),
+            event_id: event_id.to_string(),
+            kind: kind.as_str().to_owned(),
+            message,
+            data,
+            read: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The shape clients see, over REST and realtime alike.
+    pub fn view(&self) -> Result<NotificationView, NotificationsError> {
+        let corrupt = |what: &str| NotificationsError::Corrupt(format!("{} {what}", self.id));
+        Ok(NotificationView {
+            id: self.id.to_hex(),
+            user_id: Uuid::parse_str(&self.user_id).map_err(|_| corrupt("userId"))?,
+            kind: self.kind.clone(),
+            message: self.message.clone(),
+            data: serde_json::to_value(&self.data).map_err(|_| corrupt("data"))?,
+            read: self.read,
+            created_at: to_chrono(self.created_at),
+            updated_at: to_chrono(self.updated_at),
+        })
+    }
+}
+
+fn to_chrono(time: bson::DateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(time.timestamp_millis()).unwrap_or_default()
+}
+
+/// How far the handling of one event got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventProgress {
+    /// The event id.
+    #[serde(rename = "_id")]
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Follower cursor to continue a fan-out from; `None` means from the start.
+    pub cursor: Option<String>,
+    /// Notifications stored (or found stored) so far.
+    pub stored: i64,
+    pub completed: bool,
+    pub updated_at: bson::DateTime,
+}
+
+/// What one batch insert did.
+#[derive(Debug, Default)]
+pub struct StoredBatch {
+    /// Every notification of the batch as stored, whether inserted now or found from before.
+    pub notifications: Vec<NotificationDocument>,
+    /// How many of them this call inserted.
+    pub inserted: usize,
+}
+
+/// Which notifications `GET /notifications/my` returns.
+#[derive(Debug, Clone, Copy)]
+pub struct ListFilter {
+    pub before: Option<NotificationId>,
+    pub unread_only: bool,
+    pub limit: PageLimit,
+}
+
+#[derive(Clone, Debug)]
+pub struct NotificationStore {
+    notifications: Collection<NotificationDocument>,
+    progress: Collection<EventProgress>,
+}
+
+impl NotificationStore {
+    pub fn new(database: &Database) -> Self {
+        Self {
+            notifications: database.collection(NOTIFICATIONS),
+            progress: database.collection(EVENT_PROGRESS),
+        }
+    }
+
+    /// Creates the indexes the guarantees above rely on. Idempotent; run at startup.
+    pub async fn ensure_indexes(&self) -> Result<(), NotificationsError> {
+        let unique = IndexOptions::builder()
+            .unique(true)
+            .name("eventId_userId_unique".to_owned())
+            .build();
+        let indexes = [
+            IndexModel::builder()
+                .keys(doc! { "eventId": 1, "userId": 1 })
+                .options(unique)
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "userId": 1, "_id": -1 })
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "userId": 1, "read": 1, "_id": -1 })
+                .build(),
+        ];
+        self.notifications.create_indexes(indexes).await?;
+        Ok(())
+    }
+
+    /// Inserts `batch` (all from one event), tolerating notifications already stored by an
+    /// earlier delivery: those are read back, so the caller gets the whole batch as stored.
+    pub async fn insert_batch(
+        &self,
+        batch: Vec<NotificationDocument>,
+    ) -> Result<StoredBatch, NotificationsError> {
+        let Some(first) = batch.first() else {
+            return Ok(StoredBatch::default());
+        };
+        let event_id = first.event_id.clone();
+        let outcome = self.notifications.insert_many(&batch).ordered(false).await;
+        let duplicates: HashSet<usize> = match outcome {
+            Ok(_) => HashSet::new(),
+            Err(error) => match error.kind.as_ref() {
+                ErrorKind::InsertMany(failure)
+                    if failure.write_concern_error.is_none()
+                        && failure
+                            .write_errors
+                            .as_ref()
+                            .is_some_and(|e| e.iter().all(|w| w.code == DUPLICATE_KEY)) =>
+                {
+                    failure
+                        .write_errors
+                        .iter()
+                        .flatten()
+                        .map(|w| w.index)
+                        .collect()
+                }
+                _ => return Err(error.into()),
+            },
+        };
+        if duplicates.is_empty() {
+            let inserted = batch.len();
+            return Ok(StoredBatch {
+                notifications: batch,
+                inserted,
+            });
+        }
+        let (fresh, repeated): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .enumerate()
+            .partition(|(index, _)| !duplicates.contains(index));
+        let inserted = fresh.len();
+        let recipients: Vec<String> = repeated.into_iter().map(|(_, n)| n.user_id).collect();
+        let mut notifications: Vec<NotificationDocument> =
+            fresh.into_iter().map(|(_, n)| n).collect();
+        let existing: Vec<NotificationDocument> = self
+            .notifications
+            .find(doc! { "eventId": &event_id, "userId": { "$in": &recipients } })
+            .await?
+            .try_collect()
+            .await?;
+        notifications.extend(existing);
+        Ok(StoredBatch {
+            notifications,
+            inserted,
+        })
+    }
+
+    /// Progress of the event with this id, if any was recorded.
+    pub async fn progress(
+        &self,
+        event_id: Uuid,
+    ) -> Result<Option<EventProgress>, NotificationsError> {
+        Ok(self
+            .progress
+            .find_one(doc! { "_id": event_id.to_string() })
+            .await?)
+    }
+
+    /// Records how far an event got (upsert; later calls overwrite earlier ones).
+    pub async fn save_progress(&self, progress: &EventProgress) -> Result<(), NotificationsError> {
+        self.progress
+            .replace_one(doc! { "_id": &progress.event_id }, progress)
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// The recipient's notifications, newest first.
+    pub async fn list(
+        &self,
+        recipient: Uuid,
+        filter: ListFilter,
+    ) -> Result<Vec<NotificationDocument>, NotificationsError> {
+        let mut query = doc! { "userId": recipient.to_string() };
+        if filter.unread_only {
+            query.insert("read", false);
+        }
+        if let Some(before) = filter.before {
+            query.insert("_id", doc! { "$lt": before.object_id() });
+        }
+        Ok(self
+            .notifications
+            .find(query)
+            .sort(doc! { "_id": -1 })
+            .limit(i64::from(filter.limit.get()))
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    pub async fn unread_count(&self, recipient: Uuid) -> Result<u64, NotificationsError> {
+        Ok(self
+            .notifications
+            .count_documents(doc! { "userId": recipient.to_string(), "read": false })
+            .await?)
+    }
+
+    /// Marks one of the recipient's notifications read. `NotFound` when it is not theirs
+    /// (nothing is changed then); marking an already read one changes nothing either.
+    pub async fn mark_read(
+        &self,
+        recipient: Uuid,
+        id: NotificationId,
+    ) -> Result<NotificationDocument, NotificationsError> {
+        let owned = doc! { "_id": id.object_id(), "userId": recipient.to_string() };
+        let mut unread = owned.clone();
+        unread.insert("read", false);
+        let updated = self
+            .notifications
+            .find_one_and_update(unread, mark_read_update())
+            .return_document(ReturnDocument::After)
+            .await?;
+        match updated {
+            Some(notification) => Ok(notification),
+            None => self
+                .notifications
+                .find_one(owned)
+                .await?
+                .ok_or(NotificationsError::NotFound),
+        }
+    }
+
+    /// Marks all of the recipient's notifications read; returns how many changed.
+    pub async fn mark_all_read(&self, recipient: Uuid) -> Result<u64, NotificationsError> {
+        let result = self
+            .notifications
+            .update_many(
+                doc! { "userId": recipient.to_string(), "read": false },
+                mark_read_update(),
+            )
+            .await?;
+        Ok(result.modified_count)
+    }
+}
+
+fn mark_read_update() -> Document {
+    doc! { "$set": { "read": true, "updatedAt": bson::DateTime::now() } }
+}
