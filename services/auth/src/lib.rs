@@ -1,10 +1,29 @@
-//! Auth service. Register, login, refresh and logout; sessions in Redis.
+//! Auth service: register, login, refresh and logout; sessions in Redis.
+//!
+//! - Passwords are hashed with argon2id here ([`password`]) and stored by the users service,
+//!   which auth calls over its internal API ([`UsersClient`]); auth itself keeps no user data.
+//! - A login opens a session (one per device) with a short-lived access JWT and a rotating
+//!   refresh token; reuse of a spent refresh token revokes the session ([`sessions`]).
+//! - Failed logins are limited per account and per client address ([`rate_limit`],
+//!   [`client_address`]).
 //!
 //! A library (`build` returns a bound [`ServiceApp`]) with a thin `main.rs`, so the all-in-one
-//! binary and the tests start it in-process.
+//! binary and the tests start it in-process. `docs/auth.md` describes the design and its figures.
+
+pub mod client_address;
+pub mod domain;
+pub mod error;
+pub mod options;
+pub mod password;
+pub mod rate_limit;
+pub mod routes;
+pub mod sessions;
+
+use std::sync::Arc;
 
 use instaclone_shared::{
-    auth::{TokenIssuer, TokenVerifier},
+    auth::{InternalToken, TokenIssuer, TokenVerifier},
+    clients::UsersClient,
     config::Settings,
     db,
     health::{self, Dependency},
@@ -14,19 +33,58 @@ use instaclone_shared::{
 };
 use tokio_util::sync::CancellationToken;
 
+pub use crate::options::AuthOptions;
+use crate::{
+    client_address::ClientAddressPolicy, password::PasswordHasherPool,
+    rate_limit::LoginRateLimiter, routes::AuthState, sessions::SessionStore,
+};
+
 pub const SERVICE_NAME: &str = "auth";
 
-/// Connects to the backing services and binds the listener; serve with
-/// [`ServiceApp::run_until_stopped`].
+/// Connects to the backing services and binds the listener, with [`AuthOptions`] read from the
+/// environment; serve with [`ServiceApp::run_until_stopped`].
 pub async fn build(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> Result<ServiceApp, StartupError> {
-    // Fail at startup, not on the first request, when the token keys are missing or invalid.
-    let _verifier = TokenVerifier::from_settings(&settings.jwt)?;
-    let _issuer = TokenIssuer::from_settings(&settings.jwt)?;
+    let options = AuthOptions::from_env().map_err(StartupError::Config)?;
+    build_with_options(settings, options, shutdown).await
+}
+
+/// [`build`] with explicit auth options (tests and benchmarks use it to pick limits).
+pub async fn build_with_options(
+    settings: &Settings,
+    options: AuthOptions,
+    shutdown: CancellationToken,
+) -> Result<ServiceApp, StartupError> {
+    // Fail at startup, not on the first request, when keys or credentials are missing.
+    let verifier = TokenVerifier::from_settings(&settings.jwt)?;
+    let issuer = TokenIssuer::from_settings(&settings.jwt)?;
+    let internal_token = settings.internal.token.clone().ok_or_else(|| {
+        StartupError::Config(
+            "INTERNAL_TOKEN is not set; auth needs it to call the users service".to_owned(),
+        )
+    })?;
+    let users = UsersClient::new(
+        &settings.services.users,
+        InternalToken::new(internal_token),
+        settings.internal.request_timeout,
+    );
+    let passwords = PasswordHasherPool::new(options.argon2, options.max_concurrent_hashes)
+        .await
+        .map_err(|e| StartupError::Config(format!("argon2: {e}")))?;
     let redis = db::connect_redis(&settings.redis.url, settings.startup_wait).await?;
+    let state = AuthState {
+        verifier,
+        sessions: SessionStore::new(redis.clone(), settings.redis.clone(), issuer.refresh_ttl()),
+        issuer,
+        users,
+        limiter: LoginRateLimiter::new(redis.clone(), settings.redis.clone(), options.login_limits),
+        passwords,
+        addresses: Arc::new(ClientAddressPolicy::new(options.trusted_proxies)),
+    };
     let router = axum::Router::new()
+        .merge(routes::router(state))
         .merge(health::router(vec![Dependency::Redis(redis)]))
         .merge(metrics::router());
     let router = with_common_layers(

@@ -1,0 +1,131 @@
+//! Everything that can go wrong in the auth service, and what the client sees of it.
+//!
+//! Client mistakes map to 400/401/409/429 with a message that says what to fix. Failures on our
+//! side (Redis, signing, hashing) become a 500 whose cause is logged, never sent; a users
+//! service that does not answer is a 503, since retrying later may help.
+
+use axum::{
+    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
+    response::{IntoResponse, Response},
+};
+use instaclone_shared::{
+    auth::{KeyError, TokenError},
+    clients::ClientError,
+    http::ApiError,
+};
+
+use crate::password::HashError;
+
+/// The one message for an unknown email and a wrong password, so a response never tells which.
+pub const INVALID_CREDENTIALS: &str = "Invalid email or password";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Bad input; the message says what is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("too many failed login attempts")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("missing bearer token")]
+    MissingToken,
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    #[error("session has ended")]
+    SessionEnded,
+    #[error("refresh token reuse detected")]
+    RefreshTokenReused,
+    /// Email or username taken; the message says which.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("users service unavailable: {0}")]
+    UsersUnavailable(String),
+    #[error("session store: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("password hashing: {0}")]
+    Hashing(#[from] HashError),
+    #[error("token signing: {0}")]
+    Signing(#[from] KeyError),
+}
+
+impl From<ClientError> for AuthError {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::BadRequest(message) => Self::Invalid(message),
+            ClientError::Conflict(message) => Self::Conflict(message),
+            ClientError::NotFound => Self::UsersUnavailable("unexpected 404".to_owned()),
+            unavailable @ ClientError::Unavailable { .. } => {
+                Self::UsersUnavailable(unavailable.to_string())
+            }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Invalid(message) => ApiError::bad_request(message),
+            AuthError::InvalidCredentials => ApiError::unauthorized(INVALID_CREDENTIALS),
+            AuthError::RateLimited { .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many failed login attempts, try again later",
+            ),
+            AuthError::MissingToken => ApiError::unauthorized("Missing bearer token"),
+            AuthError::Token(error) => error.into(),
+            AuthError::SessionEnded => {
+                ApiError::unauthorized("Refresh token has been revoked or has expired")
+            }
+            AuthError::RefreshTokenReused => ApiError::unauthorized(
+                "Refresh token was already used; the session has been revoked",
+            ),
+            AuthError::Conflict(message) => ApiError::conflict(message),
+            AuthError::UsersUnavailable(cause) => {
+                tracing::warn!(%cause, "users service unavailable");
+                ApiError::service_unavailable("Users service is unavailable, try again later")
+            }
+            internal @ (AuthError::Redis(_) | AuthError::Hashing(_) | AuthError::Signing(_)) => {
+                ApiError::internal(internal)
+            }
+        }
+    }
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let retry_after = match &self {
+            AuthError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        };
+        let mut response = ApiError::from(self).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_responses_carry_retry_after() {
+        let response = AuthError::RateLimited {
+            retry_after_secs: 42,
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[RETRY_AFTER], "42");
+    }
+
+    #[test]
+    fn internal_failures_hide_their_cause() {
+        let error = AuthError::Hashing(HashError::Closed);
+        let api = ApiError::from(error);
+        assert_eq!(api.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(api.message(), "Internal server error");
+    }
+}

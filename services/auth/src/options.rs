@@ -1,0 +1,149 @@
+//! The auth service's own settings, beyond the shared [`Settings`](instaclone_shared::config::Settings).
+//!
+//! Read from environment variables like the rest (every one has a default):
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT` | 10 | failed logins per account per window before 429 |
+//! | `AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS` | 30 | failed logins per client address per window |
+//! | `AUTH_LOGIN_WINDOW_SECS` | 900 | the sliding window of both limits |
+//! | `AUTH_TRUSTED_PROXIES` | empty | comma-separated addresses/CIDRs whose `X-Forwarded-For` is believed |
+//! | `AUTH_MAX_CONCURRENT_HASHES` | CPU count | argon2 hashes running at once |
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use crate::{
+    client_address::{ClientAddressPolicy, IpNetwork},
+    password::Argon2Params,
+    rate_limit::{Limit, LoginLimits},
+};
+
+#[derive(Debug, Clone)]
+pub struct AuthOptions {
+    pub argon2: Argon2Params,
+    pub max_concurrent_hashes: usize,
+    pub login_limits: LoginLimits,
+    pub trusted_proxies: Vec<IpNetwork>,
+}
+
+impl Default for AuthOptions {
+    fn default() -> Self {
+        Self {
+            argon2: Argon2Params::OWASP,
+            max_concurrent_hashes: default_concurrent_hashes(),
+            login_limits: LoginLimits::default(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+fn default_concurrent_hashes() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
+
+impl AuthOptions {
+    pub fn from_env() -> Result<Self, String> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `lookup`; absent or empty ones take their defaults.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let defaults = Self::default();
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let window = Duration::from_secs(parse(
+            &get,
+            "AUTH_LOGIN_WINDOW_SECS",
+            defaults.login_limits.per_account.window.as_secs(),
+        )?);
+        if window.is_zero() {
+            return Err("AUTH_LOGIN_WINDOW_SECS must be at least 1".to_owned());
+        }
+        let login_limits = LoginLimits {
+            per_account: Limit {
+                max_failures: parse(
+                    &get,
+                    "AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT",
+                    defaults.login_limits.per_account.max_failures,
+                )?,
+                window,
+            },
+            per_address: Limit {
+                max_failures: parse(
+                    &get,
+                    "AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS",
+                    defaults.login_limits.per_address.max_failures,
+                )?,
+                window,
+            },
+        };
+        let trusted_proxies = match get("AUTH_TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(raw) => ClientAddressPolicy::parse_list(&raw)
+                .map_err(|e| format!("AUTH_TRUSTED_PROXIES: {e}"))?,
+        };
+        Ok(Self {
+            argon2: defaults.argon2,
+            max_concurrent_hashes: parse(
+                &get,
+                "AUTH_MAX_CONCURRENT_HASHES",
+                defaults.max_concurrent_hashes,
+            )?
+            .max(1),
+            login_limits,
+            trusted_proxies,
+        })
+    }
+}
+
+fn parse<T>(get: &impl Fn(&str) -> Option<String>, name: &str, default: T) -> Result<T, String>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    match get(name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|e| format!("environment variable {name} has an invalid value {raw:?}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn options(vars: &[(&str, &str)]) -> Result<AuthOptions, String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        AuthOptions::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_without_variables() {
+        let o = options(&[]).unwrap();
+        assert_eq!(o.login_limits, LoginLimits::default());
+        assert!(o.trusted_proxies.is_empty());
+        assert_eq!(o.argon2, Argon2Params::OWASP);
+    }
+
+    #[test]
+    fn variables_are_read_and_bad_ones_named() {
+        let o = options(&[
+            ("AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT", "3"),
+            ("AUTH_LOGIN_WINDOW_SECS", "60"),
+            ("AUTH_TRUSTED_PROXIES", "10.0.0.0/8"),
+        ])
+        .unwrap();
+        assert_eq!(o.login_limits.per_account.max_failures, 3);
+        assert_eq!(o.login_limits.per_address.window, Duration::from_secs(60));
+        assert_eq!(o.trusted_proxies.len(), 1);
+        let err = options(&[("AUTH_LOGIN_WINDOW_SECS", "soon")]).unwrap_err();
+        assert!(err.contains("AUTH_LOGIN_WINDOW_SECS"), "{err}");
+        let err = options(&[("AUTH_TRUSTED_PROXIES", "gateway")]).unwrap_err();
+        assert!(err.contains("AUTH_TRUSTED_PROXIES"), "{err}");
+    }
+}

@@ -1,0 +1,249 @@
+//! The public auth API: register, login, refresh, logout.
+//!
+//! Bodies and responses keep the NestJS original's names (`{email, password}`, `accessToken`,
+//! `refreshToken`) inside the success envelope. See the crate docs for the token model.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Router,
+    extract::{ConnectInfo, FromRef, State},
+    http::HeaderMap,
+    routing::post,
+};
+use instaclone_shared::{
+    auth::{AuthUser, TokenIssuer, TokenKind, TokenVerifier, bearer_token},
+    clients::{NewUser, UserRecord, UsersClient},
+    http::{ApiJson, Envelope},
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    client_address::ClientAddressPolicy,
+    domain::{Email, LoginPassword, NewPassword, Username},
+    error::AuthError,
+    password::PasswordHasherPool,
+    rate_limit::{Admission, LoginRateLimiter, retry_after_secs},
+    sessions::{Rotation, SessionStore},
+};
+
+/// Everything a handler needs. Cheap to clone (every field is a handle).
+#[derive(Clone, FromRef)]
+pub struct AuthState {
+    pub verifier: TokenVerifier,
+    pub issuer: TokenIssuer,
+    pub users: UsersClient,
+    pub sessions: SessionStore,
+    pub limiter: LoginRateLimiter,
+    pub passwords: PasswordHasherPool,
+    pub addresses: Arc<ClientAddressPolicy>,
+}
+
+pub fn router(state: AuthState) -> Router {
+    Router::new()
+        .route("/auth/register", post(register))
+        .route("/auth/login", post(login))
+        .route("/auth/refresh", post(refresh))
+        .route("/auth/logout", post(logout))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    email: String,
+    password: String,
+    #[serde(default)]
+    username: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    email: String,
+    password: String,
+}
+
+/// A fresh token pair of one session.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenPair {
+    access_token: String,
+    refresh_token: String,
+}
+
+/// Register and login answers: the user and the new session's tokens.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedIn {
+    user: UserRecord,
+    #[serde(flatten)]
+    tokens: TokenPair,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoggedOut {
+    message: &'static str,
+}
+
+/// Every validation problem of a request in one 400, so a client fixes them all at once.
+fn invalid(problems: impl IntoIterator<Item = Option<String>>) -> AuthError {
+    let problems: Vec<String> = problems.into_iter().flatten().collect();
+    AuthError::Invalid(problems.join("; "))
+}
+
+#[tracing::instrument(skip_all, fields(user_id))]
+async fn register(
+    State(state): State<AuthState>,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> Result<Envelope<SignedIn>, AuthError> {
+    let (email, password, username) = match (
+        Email::parse(&body.email),
+        NewPassword::parse(body.password),
+        body.username.as_deref().map(Username::parse).transpose(),
+    ) {
+        (Ok(email), Ok(password), Ok(username)) => (email, password, username),
+        (email, password, username) => {
+            return Err(invalid([email.err(), password.err(), username.err()]));
+        }
+    };
+
+    let password_hash = state.passwords.hash(password.into_secret()).await?;
+    let user = state
+        .users
+        .create_user(&NewUser {
+            email: email.as_str().to_owned(),
+            username: username.map(Username::into_inner),
+            password_hash,
+        })
+        .await?;
+    tracing::Span::current().record("user_id", tracing::field::display(user.id));
+    let tokens = start_session(&state, user.id).await?;
+    tracing::info!("registered");
+    Ok(Envelope::created(SignedIn { user, tokens }))
+}
+
+#[tracing::instrument(skip_all, fields(user_id))]
+async fn login(
+    State(state): State<AuthState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> Result<Envelope<SignedIn>, AuthError> {
+    let (email, password) = match (
+        Email::parse(&body.email),
+        LoginPassword::parse(body.password),
+    ) {
+        (Ok(email), Ok(password)) => (email, password),
+        (email, password) => return Err(invalid([email.err(), password.err()])),
+    };
+
+    let address = state.addresses.client_address(peer, &headers);
+    let ticket = match state.limiter.admit(&email, address).await? {
+        Admission::Admitted(ticket) => ticket,
+        Admission::Limited { retry_after } => {
+            tracing::info!(%address, "login rate limited");
+            return Err(AuthError::RateLimited {
+                retry_after_secs: retry_after_secs(retry_after),
+            });
+        }
+    };
+
+    match check_credentials(&state, &email, password).await {
+        Ok(Some(user)) => {
+            state.limiter.succeeded(ticket).await?;
+            tracing::Span::current().record("user_id", tracing::field::display(user.id));
+            let tokens = start_session(&state, user.id).await?;
+            Ok(Envelope::ok(SignedIn { user, tokens }))
+        }
+        // The ticket stays in the limiter: this failure counts.
+        Ok(None) => {
+            tracing::info!(%address, "login failed");
+            Err(AuthError::InvalidCredentials)
+        }
+        // Our failure, not the client's: do not count it against them.
+        Err(error) => {
+            if let Err(release) = state.limiter.succeeded(ticket).await {
+                tracing::warn!(error = %release, "could not release a login attempt");
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The user if `password` is theirs. Unknown emails take the same time as wrong passwords.
+async fn check_credentials(
+    state: &AuthState,
+    email: &Email,
+    password: LoginPassword,
+) -> Result<Option<UserRecord>, AuthError> {
+    let credentials = state.users.find_by_email(email.as_str()).await?;
+    let (user, stored_hash) = match credentials {
+        Some(c) => (Some(c.user), Some(c.password_hash)),
+        None => (None, None),
+    };
+    let matches = state
+        .passwords
+        .verify(password.into_secret(), stored_hash)
+        .await?;
+    Ok(user.filter(|_| matches))
+}
+
+/// A new session (device) for `user` and its first token pair.
+async fn start_session(state: &AuthState, user: Uuid) -> Result<TokenPair, AuthError> {
+    let session = Uuid::new_v4();
+    let (refresh_token, refresh_claims) = state.issuer.issue(user, session, TokenKind::Refresh)?;
+    let (access_token, _) = state.issuer.issue(user, session, TokenKind::Access)?;
+    state
+        .sessions
+        .create(user, session, refresh_claims.jti)
+        .await?;
+    Ok(TokenPair {
+        access_token,
+        refresh_token,
+    })
+}
+
+#[tracing::instrument(skip_all, fields(user_id, session_id))]
+async fn refresh(
+    State(state): State<AuthState>,
+    headers: HeaderMap,
+) -> Result<Envelope<TokenPair>, AuthError> {
+    let presented = bearer_token(&headers).ok_or(AuthError::MissingToken)?;
+    let claims = state.verifier.verify(presented, TokenKind::Refresh)?;
+    let span = tracing::Span::current();
+    span.record("user_id", tracing::field::display(claims.sub));
+    span.record("session_id", tracing::field::display(claims.sid));
+
+    // Sign first: once the session has moved on, the client must get the new pair.
+    let (refresh_token, next) = state
+        .issuer
+        .issue(claims.sub, claims.sid, TokenKind::Refresh)?;
+    let (access_token, _) = state
+        .issuer
+        .issue(claims.sub, claims.sid, TokenKind::Access)?;
+    match state.sessions.rotate(&claims, next.jti).await? {
+        Rotation::Rotated => Ok(Envelope::ok(TokenPair {
+            access_token,
+            refresh_token,
+        })),
+        Rotation::ReuseDetected => {
+            tracing::warn!("refresh token reuse detected, session revoked");
+            Err(AuthError::RefreshTokenReused)
+        }
+        Rotation::NoSession => Err(AuthError::SessionEnded),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user.id, session_id = %user.session_id))]
+async fn logout(
+    State(state): State<AuthState>,
+    user: AuthUser,
+) -> Result<Envelope<LoggedOut>, AuthError> {
+    let ended = state.sessions.revoke(user.id, user.session_id).await?;
+    tracing::info!(ended, "logged out");
+    Ok(Envelope::ok(LoggedOut {
+        message: "Logged out",
+    }))
+}
