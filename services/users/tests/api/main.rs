@@ -1,10 +1,10 @@
 #![allow(clippy::unwrap_used)]
 //! Users service tests against the real PostgreSQL and RabbitMQ, each in its own `TestEnv`.
 
-// mod follows;
+mod follows;
 mod helpers;
 mod internal;
-// mod outbox;
-// mod posts_count;
-// mod profiles;
-// mod search;
+mod outbox;
+mod posts_count;
+mod profiles;
+mod search;

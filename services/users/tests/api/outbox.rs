@@ -1,0 +1,145 @@
+//! Follow events go through the outbox: with RabbitMQ cut off, follows still succeed, and their
+//! events reach the exchange once the broker is back.
+
+use std::time::Duration;
+
+use instaclone_shared::{
+    events::{EventEnvelope, UserFollowed, UserUnfollowed},
+    testing::{TcpProxy, TestEnv},
+};
+use lapin::{
+    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use reqwest::StatusCode;
+
+use crate::helpers::spawn_app_with;
+
+/// Waits up to `timeout` for `count` messages on `queue`.
+async fn receive(
+    channel: &lapin::Channel,
+    queue: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<EventEnvelope> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut events = Vec::new();
+    while events.len() < count && tokio::time::Instant::now() < deadline {
+        match channel
+            .basic_get(queue, BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(message) => {
+                events.push(EventEnvelope::from_slice(&message.delivery.data).unwrap())
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn follows_succeed_while_rabbitmq_is_down_and_their_events_go_out_after() {
+    let env = TestEnv::new();
+    // A queue on the real broker, bound to the follow events.
+    let (_connection, channel) = env.amqp_channel().await;
+    let queue = env.settings.amqp.queue("test.follow-events");
+    channel
+        .queue_declare(
+            &queue,
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for key in ["user.followed", "user.unfollowed"] {
+        channel
+            .queue_bind(
+                &queue,
+                &env.settings.amqp.exchange,
+                key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    // The service reaches RabbitMQ only through the proxy, which is cut.
+    let (proxy, through_proxy) = TcpProxy::for_rabbitmq(&env.settings).await;
+    proxy.cut();
+    let app = spawn_app_with(env, |settings| settings.amqp.url = through_proxy).await;
+    let (ada, ada_token) = app.user("ada").await;
+    let (grace, grace_token) = app.user("grace").await;
+
+    let (status, body) = app.follow(&ada_token, grace).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app.follow(&grace_token, ada).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app.unfollow(&grace_token, ada).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Nothing can have gone out: the events wait in the outbox.
+    assert!(
+        receive(&channel, &queue, 1, Duration::from_secs(1))
+            .await
+            .is_empty()
+    );
+    let pool = app.db().await;
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 3);
+
+    proxy.restore().await;
+    let events = receive(&channel, &queue, 3, Duration::from_secs(20)).await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["user.followed", "user.followed", "user.unfollowed"]);
+    assert_eq!(
+        events[0].data::<UserFollowed>().unwrap(),
+        UserFollowed {
+            follower_id: ada,
+            followed_id: grace,
+            follower_username: "ada".to_owned()
+        }
+    );
+    assert_eq!(
+        events[2].data::<UserUnfollowed>().unwrap(),
+        UserUnfollowed {
+            follower_id: grace,
+            followed_id: ada
+        }
+    );
+    assert!(events.iter().all(|e| e.producer == "users"));
+
+    // The relay marks them once confirmed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pending} events still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing was published twice.
+    assert!(
+        receive(&channel, &queue, 1, Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
+}
