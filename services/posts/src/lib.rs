@@ -1,36 +1,74 @@
-//! Posts service. Posts and feeds, on MongoDB.
+//! Posts service. Posts and home feeds, on MongoDB.
 //!
 //! A library (`build` returns a bound [`ServiceApp`]) with a thin `main.rs`, so the all-in-one
-//! binary and the tests start it in-process.
+//! binary and the tests start it in-process. Posts live in the service's own MongoDB database;
+//! `post.created` and `post.deleted` leave through an outbox kept inside each post document
+//! ([`store`]), published by the shared relay. The home feed is computed on read from the follow
+//! graph of the users service ([`feed`]).
+
+pub mod domain;
+pub mod error;
+pub mod feed;
+pub mod routes;
+pub mod store;
 
 use instaclone_shared::{
-    auth::TokenVerifier,
+    amqp::EventPublisher,
+    auth::{InternalToken, TokenVerifier},
+    clients::UsersClient,
     config::Settings,
     db,
     health::{self, Dependency},
     http::with_common_layers,
     metrics,
+    outbox::{RelayWaker, run_relay},
     server::{ServiceApp, StartupError},
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::{feed::FollowGraph, routes::AppState, store::PostStore};
+
 pub const SERVICE_NAME: &str = "posts";
 
-/// Connects to the backing services and binds the listener; serve with
-/// [`ServiceApp::run_until_stopped`].
+/// Connects to the backing services, creates the indexes, binds the listener and spawns the
+/// outbox relay; serve with [`ServiceApp::run_until_stopped`].
 pub async fn build(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> Result<ServiceApp, StartupError> {
     // Fail at startup, not on the first request, when the token keys are missing or invalid.
-    let _verifier = TokenVerifier::from_settings(&settings.jwt)?;
+    let verifier = TokenVerifier::from_settings(&settings.jwt)?;
+    let internal_token = settings.internal.token.clone().ok_or_else(|| {
+        StartupError::Config(
+            "INTERNAL_TOKEN is not set: the posts service needs it to read the follow graph"
+                .to_owned(),
+        )
+    })?;
+    let users = UsersClient::new(
+        &settings.services.users,
+        InternalToken::new(internal_token),
+        settings.internal.request_timeout,
+    );
     let mongo = db::connect_mongo(
         &settings.mongo.url,
         &settings.mongo.posts_database,
         settings.startup_wait,
     )
     .await?;
-    let router = axum::Router::new()
+    let store = PostStore::new(&mongo);
+    store
+        .ensure_indexes()
+        .await
+        .map_err(|e| StartupError::Config(format!("cannot create the posts indexes: {e}")))?;
+
+    let relay_waker = RelayWaker::default();
+    let state = AppState {
+        store: store.clone(),
+        graph: FollowGraph::new(users),
+        verifier,
+        relay_waker: relay_waker.clone(),
+    };
+    let router = routes::router(state)
         .merge(health::router(vec![
             Dependency::Mongo(mongo),
             Dependency::RabbitMq(settings.amqp.clone()),
@@ -40,13 +78,19 @@ pub async fn build(
         metrics::with_request_metrics(router, SERVICE_NAME),
         settings.http.body_limit_bytes,
     );
-    ServiceApp::bind(
+    let mut app = ServiceApp::bind(
         SERVICE_NAME,
         settings.http.host,
         settings.http.posts_port,
         router,
-        shutdown,
+        shutdown.clone(),
     )
-    .await
-    .map_err(StartupError::from)
+    .await?;
+    app.spawn_task(run_relay(
+        store,
+        EventPublisher::new(settings.amqp.clone()),
+        relay_waker,
+        shutdown,
+    ));
+    Ok(app)
 }

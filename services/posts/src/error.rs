@@ -1,0 +1,50 @@
+//! The posts service's errors and how each one looks to a client.
+//!
+//! Client mistakes become 4xx with a message saying what is wrong; failures of MongoDB or of the
+//! users service become 5xx whose cause is logged and never shown.
+
+use instaclone_shared::{clients::ClientError, http::ApiError};
+
+use crate::domain::ValidationError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostsError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("Post not found")]
+    NotFound,
+    #[error("Only the author can delete this post")]
+    NotAuthor,
+    #[error("post store: {0}")]
+    Store(#[from] StoreError),
+    #[error("follow graph: {0}")]
+    FollowGraph(#[from] ClientError),
+}
+
+/// A failure talking to MongoDB, or a stored document that does not have the expected shape.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("MongoDB: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("cannot encode a document: {0}")]
+    Encode(#[from] mongodb::bson::ser::Error),
+    #[error("malformed stored document: {0}")]
+    Decode(String),
+    #[error("cannot build an event: {0}")]
+    Event(#[from] instaclone_shared::events::EventError),
+}
+
+impl From<PostsError> for ApiError {
+    fn from(error: PostsError) -> Self {
+        match error {
+            PostsError::Invalid(invalid) => ApiError::bad_request(invalid.0),
+            PostsError::NotFound => ApiError::not_found(error.to_string()),
+            PostsError::NotAuthor => ApiError::forbidden(error.to_string()),
+            PostsError::FollowGraph(ClientError::Unavailable { .. }) => {
+                tracing::error!(%error, "cannot read the follow graph");
+                ApiError::service_unavailable("The feed is temporarily unavailable")
+            }
+            PostsError::Store(_) | PostsError::FollowGraph(_) => ApiError::internal(error),
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! Posts in MongoDB, with their outbox inside each document.
+//!
+//! A standalone `mongod` (and the local test server) has no multi-document transactions, so the
+//! outbox cannot be a second collection written "together" with the post. Instead an event that
+//! is still owed to RabbitMQ lives *in the document it is about*, written by the same single-
+//! document operation that changes the post, which MongoDB applies atomically:
+//!
+//! - create: one `insertOne` of the post carrying `pendingEvents: [post.created]` and
+//!   `pendingSince`;
+//! - delete: one `updateOne` that marks the post deleted (`deletedAt`, a tombstone hidden from
+//!   every read) and pushes `post.deleted` onto `pendingEvents`.
+//!
+//! The relay ([`OutboxStore`]) finds documents with something pending through a partial index on
+//! `pendingSince`, publishes with confirms, then `$pull`s exactly the published events. A
+//! document whose pending list became empty loses its outbox fields, or, if it is a tombstone, is
+//! removed: only once `post.deleted` is confirmed does the post really disappear, so the event can
+//! never be lost with it. Every step is a conditional single-document write, so a delete racing
+//! with the relay cannot lose an event (the `$size: 0` condition fails when one was just pushed).
+//!
+//! Lists read the `{userId: 1, _id: -1}` index: one author's posts are one index range, and a
+//! feed over many authors is a merge of those ranges (`$in` + sort on `_id`), so a page costs
+//! about `limit` documents however many posts the store holds.
+
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use instaclone_shared::{
+    events::{EventEnvelope, PostCreated, PostDeleted},
+    outbox::OutboxStore,
+};
+use mongodb::{
+    Collection, IndexModel,
+    bson::{self, Bson, Document, doc, oid::ObjectId},
+    options::IndexOptions,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    SERVICE_NAME,
+    domain::{Caption, MediaUrl, PageRequest, PostId},
+    error::StoreError,
+};
+
+/// The collection of posts in the service's own database.
+pub const POSTS_COLLECTION: &str = "posts";
+/// Name of the index every list query uses.
+pub const AUTHOR_TIMELINE_INDEX: &str = "userId_1__id_-1";
+/// Name of the partial index the outbox relay uses.
+pub const PENDING_EVENTS_INDEX: &str = "pendingSince_1_partial";
+
+/// A post as clients see it: the original's shape `{_id, userId, caption, mediaUrl, createdAt,
+/// updatedAt}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PostView {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub user_id: Uuid,
+    pub caption: Option<String>,
+    pub media_url: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A post document as stored (the outbox fields are never read into it).
+#[derive(Debug, Deserialize)]
+struct StoredPost {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    #[serde(rename = "userId")]
+    user_id: String,
+    #[serde(default)]
+    caption: Option<String>,
+    #[serde(rename = "mediaUrl")]
+    media_url: String,
+    #[serde(rename = "createdAt")]
+    created_at: bson::DateTime,
+    #[serde(rename = "updatedAt")]
+    updated_at: bson::DateTime,
+}
+
+impl StoredPost {
+    fn into_view(self) -> Result<PostView, StoreError> {
+        let user_id = Uuid::parse_str(&self.user_id)
+            .map_err(|e| StoreError::Decode(format!("post {} userId: {e}", self.id)))?;
+        Ok(PostView {
+            id: self.id.to_hex(),
+            user_id,
+            caption: self.caption,
+            media_url: self.media_url,
+            created_at: to_chrono(self.created_at),
+            updated_at: to_chrono(self.updated_at),
+        })
+    }
+}
+
+/// Result of asking to delete a post.
+#[derive(Debug)]
+pub enum DeleteOutcome {
+    /// Tombstoned with its `post.deleted` event pending; the post as it was.
+    Deleted(PostView),
+    NotFound,
+    /// The post exists but belongs to someone else.
+    NotAuthor,
+}
+
+/// Access to the posts collection. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PostStore {
+    posts: Collection<Document>,
+}
+
+/// Fields a read never returns: the outbox and the tombstone mark.
+fn public_projection() -> Document {
+    doc! { "pendingEvents": 0, "pendingSince": 0, "deletedAt": 0 }
+}
+
+/// Filter part that hides tombstones from every read.
+fn live() -> Document {
+    doc! { "deletedAt": { "$exists": false } }
+}
+
+fn to_chrono(at: bson::DateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or_default()
+}
+
+/// Now, at the millisecond precision BSON dates keep, so the event and the document agree.
+fn now_millis() -> (DateTime<Utc>, bson::DateTime) {
+    let stored = bson::DateTime::from_millis(Utc::now().timestamp_millis());
+    (to_chrono(stored), stored)
+}
+
+/// An event as kept in a document's `pendingEvents` until the broker confirms it.
+fn pending_event(event: &EventEnvelope) -> Result<Document, StoreError> {
+    Ok(bson::to_document(event)?)
+}
+
+fn event_from_pending(stored: Document) -> Result<EventEnvelope, StoreError> {
+    bson::from_document(stored).map_err(|e| StoreError::Decode(format!("pending event: {e}")))
+}
+
+impl PostStore {
+    pub fn new(database: &mongodb::Database) -> Self {
+        Self {
+            posts: database.collection(POSTS_COLLECTION),
+        }
+    }
+
+    /// Creates the indexes every query of this service needs. Idempotent; run at start.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        let author_timeline = IndexModel::builder()
+            .keys(doc! { "userId": 1, "_id": -1 })
+            .options(
+                IndexOptions::builder()
+                    .name(AUTHOR_TIMELINE_INDEX.to_owned())
+                    .build(),
+            )
+            .build();
+        let pending = IndexModel::builder()
+            .keys(doc! { "pendingSince": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name(PENDING_EVENTS_INDEX.to_owned())
+                    .partial_filter_expression(doc! { "pendingSince": { "$exists": true } })
+                    .build(),
+            )
+            .build();
+        self.posts
+            .create_indexes([author_timeline, pending])
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a new post together with its pending `post.created` event.
+    pub async fn create(
+        &self,
+        author: Uuid,
+        caption: Option<Caption>,
+        media_url: MediaUrl,
+    ) -> Result<PostView, StoreError> {
+        let id = ObjectId::new();
+        let (now, stored_now) = now_millis();
+        let view = PostView {
+            id: id.to_hex(),
+            user_id: author,
+            caption: caption.map(Caption::into_inner),
+            media_url: media_url.into_inner(),
+            created_at: now,
+            updated_at: now,
+        };
+        let event = EventEnvelope::new(
+            SERVICE_NAME,
+            &PostCreated {
+                post_id: view.id.clone(),
+                author_id: author,
+                caption: view.caption.clone(),
+                media_url: view.media_url.clone(),
+                created_at: now,
+            },
+        )?;
+        let caption = view.caption.clone().map_or(Bson::Null, Bson::String);
+        let document = doc! {
+            "_id": id,
+            "userId": author.to_string(),
+            "caption": caption,
+            "mediaUrl": &view.media_url,
+            "createdAt": stored_now,
+            "updatedAt": stored_now,
+            "pendingEvents": [pending_event(&event)?],
+            "pendingSince": stored_now,
+        };
+        self.posts.insert_one(document).await?;
+        Ok(view)
+    }
+
+    /// One post, unless it does not exist or is deleted.
+    pub async fn get(&self, id: PostId) -> Result<Option<PostView>, StoreError> {
+        let mut filter = live();
+        filter.insert("_id", id.object_id());
+        let found = self
+            .posts
+            .find_one(filter)
+            .projection(public_projection())
+            .await?;
+        found.map(decode_post).transpose()
+    }
+
+    /// Tombstones the post if `caller` wrote it, with its pending `post.deleted` event, in one
+    /// atomic update. The relay removes the document once the event is confirmed.
+    pub async fn delete(&self, id: PostId, caller: Uuid) -> Result<DeleteOutcome, StoreError> {
+        let Some(post) = self.get(id).await? else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        if post.user_id != caller {
+            return Ok(DeleteOutcome::NotAuthor);
+        }
+        let (_, stored_now) = now_millis();
+        let event = EventEnvelope::new(
+            SERVICE_NAME,
+            &PostDeleted {
+                post_id: post.id.clone(),
+                author_id: caller,
+            },
+        )?;
+        let mut filter = live();
+        filter.insert("_id", id.object_id());
+        filter.insert("userId", caller.to_string());
+        let update = doc! {
+            "$set": { "deletedAt": stored_now },
+            "$push": { "pendingEvents": pending_event(&event)? },
+            "$min": { "pendingSince": stored_now },
+        };
+        let result = self.posts.update_one(filter, update).await?;
+        if result.matched_count == 0 {
+            // Deleted by a concurrent request between our read and our update.
+            return Ok(DeleteOutcome::NotFound);
+        }
+        Ok(DeleteOutcome::Deleted(post))
+    }
+
+    /// A page of the posts of `authors`, newest first (see [`PageRequest`]).
+    pub async fn page_by_authors(
+        &self,
+        authors: &[Uuid],
+        page: PageRequest,
+    ) -> Result<Vec<PostView>, StoreError> {
+        let mut filter = live();
+        match authors {
+            [] => return Ok(Vec::new()),
+            [author] => filter.insert("userId", author.to_string()),
+            many => {
+                let ids: Vec<String> = many.iter().map(Uuid::to_string).collect();
+                filter.insert("userId", doc! { "$in": ids })
+            }
+        };
+        if let Some(before) = page.before {
+            filter.insert("_id", doc! { "$lt": before.object_id() });
+        }
+        let cursor = self
+            .posts
+            .find(filter)
+            .projection(public_projection())
+            .sort(doc! { "_id": -1 })
+            .limit(i64::from(page.limit))
+            .hint(mongodb::options::Hint::Name(
+                AUTHOR_TIMELINE_INDEX.to_owned(),
+            ))
+            .await?;
+        let documents: Vec<Document> = cursor.try_collect().await?;
+        documents.into_iter().map(decode_post).collect()
+    }
+
+    /// Inserts already-built post documents as they are (benchmark seeding only: they carry no
+    /// pending events, as if their `post.created` had long been published).
+    pub async fn seed(&self, documents: Vec<Document>) -> Result<(), StoreError> {
+        self.posts.insert_many(documents).ordered(false).await?;
+        Ok(())
+    }
+
+    /// A post document for [`PostStore::seed`].
+    pub fn seed_document(id: ObjectId, author: Uuid, caption: &str, media_url: &str) -> Document {
+        let at = id.timestamp();
+        doc! {
+            "_id": id,
+            "userId": author.to_string(),
+            "caption": caption,
+            "mediaUrl": media_url,
+            "createdAt": at,
+            "updatedAt": at,
+        }
+    }
+}
+
+fn decode_post(document: Document) -> Result<PostView, StoreError> {
+    let stored: StoredPost =
+        bson::from_document(document).map_err(|e| StoreError::Decode(e.to_string()))?;
+    stored.into_view()
+}
+
+/// Outbox fields of a document, read by the relay.
+#[derive(Debug, Deserialize)]
+struct PendingDocument {
+    #[serde(rename = "pendingEvents", default)]
+    pending_events: Vec<Document>,
+}
+
+impl OutboxStore for PostStore {
+    type Error = StoreError;
+
+    async fn pending(&self, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
+        let cursor = self
+            .posts
+            .find(doc! { "pendingSince": { "$exists": true } })
+            .projection(doc! { "pendingEvents": 1 })
+            .sort(doc! { "pendingSince": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await?;
+        let documents: Vec<Document> = cursor.try_collect().await?;
+        let mut events = Vec::new();
+        for document in documents {
+            let pending: PendingDocument =
+                bson::from_document(document).map_err(|e| StoreError::Decode(e.to_string()))?;
+            for stored in pending.pending_events {
+                match event_from_pending(stored) {
+                    Ok(event) => events.push(event),
+                    // Cannot happen for documents this service wrote; never block the others.
+                    Err(error) => tracing::error!(%error, "skipping an unreadable pending event"),
+                }
+            }
+            if events.len() >= limit {
+                break;
+            }
+        }
+        events.truncate(limit);
+        Ok(events)
+    }
+
+    async fn mark_published(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        self.posts
+            .update_many(
+                doc! {
+                    "pendingSince": { "$exists": true },
+                    "pendingEvents.id": { "$in": &ids },
+                },
+                doc! { "$pull": { "pendingEvents": { "id": { "$in": &ids } } } },
+            )
+            .await?;
+        // Each of these is conditional on the list being empty *now*, so an event pushed since
+        // the `$pull` (a delete right after the create was published) keeps its document pending.
+        let settled = doc! {
+            "pendingSince": { "$exists": true },
+            "pendingEvents": { "$size": 0 },
+        };
+        let mut settled_live = settled.clone();
+        settled_live.extend(live());
+        self.posts
+            .update_many(
+                settled_live,
+                doc! { "$unset": { "pendingEvents": "", "pendingSince": "" } },
+            )
+            .await?;
+        let mut settled_tombstones = settled;
+        settled_tombstones.insert("deletedAt", doc! { "$exists": true });
+        self.posts.delete_many(settled_tombstones).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_events_round_trip_through_bson() {
+        let event = EventEnvelope::new(
+            SERVICE_NAME,
+            &PostCreated {
+                post_id: ObjectId::new().to_hex(),
+                author_id: Uuid::now_v7(),
+                caption: Some("sunset 🌅".to_owned()),
+                media_url: "https://cdn.example.com/1.jpg".to_owned(),
+                created_at: now_millis().0,
+            },
+        )
+        .unwrap();
+        let stored = pending_event(&event).unwrap();
+        // The relay `$pull`s by this field, so it must be the id as a plain string.
+        assert_eq!(stored.get_str("id").unwrap(), event.id.to_string());
+        assert_eq!(event_from_pending(stored).unwrap(), event);
+    }
+}
