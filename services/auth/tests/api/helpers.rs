@@ -1,0 +1,170 @@
+//! Starts the users service and the auth service in-process with an isolated `TestEnv`, and
+//! talks to auth over HTTP.
+
+use instaclone_auth::{
+    AuthOptions,
+    rate_limit::{Limit, LoginLimits},
+};
+use instaclone_shared::{
+    auth::{Claims, TokenKind, TokenVerifier},
+    testing::TestEnv,
+};
+use reqwest::{StatusCode, header::HeaderMap};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct TestApp {
+    pub env: TestEnv,
+    /// Base URL of the auth service.
+    pub address: String,
+    pub http: reqwest::Client,
+    pub verifier: TokenVerifier,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A response's status, headers and JSON body (`Null` when the body is not JSON).
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn data(&self) -> &Value {
+        &self.body["data"]
+    }
+
+    pub fn message(&self) -> &str {
+        self.body["message"].as_str().unwrap_or_default()
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AuthOptions::default()).await
+}
+
+/// Login limits of `account` and `address` failures per `window`.
+pub fn limits(account: u32, address: u32, window: Duration) -> LoginLimits {
+    LoginLimits {
+        per_account: Limit {
+            max_failures: account,
+            window,
+        },
+        per_address: Limit {
+            max_failures: address,
+            window,
+        },
+    }
+}
+
+pub async fn spawn_app_with(options: AuthOptions) -> TestApp {
+    let mut env = TestEnv::new();
+    let shutdown = CancellationToken::new();
+    let users = instaclone_users::build(&env.settings, shutdown.clone())
+        .await
+        .expect("users service failed to build");
+    env.settings.services.users = format!("http://127.0.0.1:{}", users.port());
+    tokio::spawn(users.run_until_stopped());
+    let auth = instaclone_auth::build_with_options(&env.settings, options, shutdown.clone())
+        .await
+        .expect("auth service failed to build");
+    let address = format!("http://127.0.0.1:{}", auth.port());
+    tokio::spawn(auth.run_until_stopped());
+    let verifier = TokenVerifier::from_settings(&env.settings.jwt).unwrap();
+    TestApp {
+        env,
+        address,
+        http: reqwest::Client::new(),
+        verifier,
+        shutdown,
+    }
+}
+
+impl TestApp {
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("auth service unreachable");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.post(format!("{}{path}", self.address))
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.post(path).json(body)).await
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> Reply {
+        self.post_json(
+            "/auth/register",
+            &json!({ "email": email, "password": password }),
+        )
+        .await
+    }
+
+    /// Registers `email` with [`PASSWORD`], asserting success; returns `data`.
+    pub async fn registered(&self, email: &str) -> Value {
+        let reply = self.register(email, PASSWORD).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.data().clone()
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Reply {
+        self.post_json(
+            "/auth/login",
+            &json!({ "email": email, "password": password }),
+        )
+        .await
+    }
+
+    /// Logs in with [`PASSWORD`], asserting success; returns `data`.
+    pub async fn logged_in(&self, email: &str) -> Value {
+        let reply = self.login(email, PASSWORD).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        reply.data().clone()
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Reply {
+        self.send(self.post("/auth/refresh").bearer_auth(refresh_token))
+            .await
+    }
+
+    pub async fn logout(&self, access_token: &str) -> Reply {
+        self.send(self.post("/auth/logout").bearer_auth(access_token))
+            .await
+    }
+
+    pub fn claims(&self, token: &Value, kind: TokenKind) -> Claims {
+        self.verifier
+            .verify(token.as_str().expect("token is a string"), kind)
+            .expect("token verifies")
+    }
+
+    /// Whether session `sid` is stored in Redis.
+    pub async fn session_exists(&self, sid: Uuid) -> bool {
+        let mut redis = self.env.redis().await;
+        let key = self.env.settings.redis.key(&format!("auth:session:{sid}"));
+        redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async::<bool>(&mut redis)
+            .await
+            .unwrap()
+    }
+}
