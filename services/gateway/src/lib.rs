@@ -1,37 +1,363 @@
 //! Gateway service. The one public entry point.
 //!
+//! Every public route of [`routes::PUBLIC_ROUTES`] is forwarded to the service that owns it over
+//! pooled connections; nothing else is (`/internal/*` and unknown paths are 404s here). Before
+//! forwarding, the gateway verifies the access token (services verify it again: they never
+//! trust the gateway) and spends one request of the caller's rate-limit budget in Redis. The home
+//! feed is cached per user for a few seconds. The gateway also serves the OpenAPI document and
+//! Swagger UI, and its own `/health`, `/ready` and `/metrics`.
+//!
 //! A library (`build` returns a bound [`ServiceApp`]) with a thin `main.rs`, so the all-in-one
 //! binary and the tests start it in-process.
 
+pub mod config;
+mod feed_cache;
+mod openapi;
+mod proxy;
+mod rate_limit;
+pub mod routes;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{ConnectInfo, Request, State},
+    http::{
+        HeaderValue, Method, StatusCode,
+        header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER},
+    },
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, on},
+};
 use instaclone_shared::{
-    auth::TokenVerifier,
+    auth::{TokenError, TokenKind, TokenVerifier, bearer_token},
     config::Settings,
     db,
     health::{self, Dependency},
-    http::with_common_layers,
+    http::{ApiError, REQUEST_ID_HEADER, with_common_layers},
     metrics,
     server::{ServiceApp, StartupError},
 };
 use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use uuid::Uuid;
+
+pub use config::GatewaySettings;
+use config::{CorsOrigins, RateLimit};
+use feed_cache::FeedCache;
+use proxy::{Proxy, UpstreamAddress};
+use rate_limit::{Decision, RateLimiter, Subject};
+use routes::{Access, PUBLIC_ROUTES, PublicRoute, Target, Upstream};
 
 pub const SERVICE_NAME: &str = "gateway";
 
-/// Connects to the backing services and binds the listener; serve with
-/// [`ServiceApp::run_until_stopped`].
+/// Why the gateway answered instead of a service.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("missing bearer token")]
+    MissingToken,
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after: Duration },
+    #[error("the {} service is unreachable", .0.name())]
+    UpstreamUnreachable(Upstream),
+    #[error("the {} service did not answer in time", .0.name())]
+    UpstreamTimeout(Upstream),
+    #[error("the {} service failed to answer", .0.name())]
+    UpstreamFailed(Upstream),
+    #[error("request body is too large")]
+    BodyTooLarge,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// Short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::MissingToken | Self::Token(_) => "unauthorized",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::UpstreamUnreachable(_) => "unreachable",
+            Self::UpstreamTimeout(_) => "timeout",
+            Self::UpstreamFailed(_) => "failed",
+            Self::BodyTooLarge => "body_too_large",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<GatewayError> for ApiError {
+    fn from(error: GatewayError) -> Self {
+        let message = error.to_string();
+        match error {
+            GatewayError::MissingToken => ApiError::unauthorized("Missing bearer token"),
+            GatewayError::Token(token) => token.into(),
+            GatewayError::RateLimited { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "Too many requests")
+            }
+            GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamFailed(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, capitalise(&message))
+            }
+            GatewayError::UpstreamTimeout(_) => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, capitalise(&message))
+            }
+            GatewayError::BodyTooLarge => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large")
+            }
+            GatewayError::Internal(cause) => ApiError::internal(cause),
+        }
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let retry_after = match &self {
+            GatewayError::RateLimited { retry_after } => Some(retry_after.as_secs().max(1)),
+            _ => None,
+        };
+        let mut response = ApiError::from(self).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+fn capitalise(message: &str) -> String {
+    let mut chars = message.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
+}
+
+/// What every proxied request shares. Cheap to clone.
+#[derive(Clone)]
+struct Gateway {
+    verifier: TokenVerifier,
+    proxy: Proxy,
+    limiter: RateLimiter,
+    feed_cache: Option<FeedCache>,
+    settings: Arc<GatewaySettings>,
+}
+
+impl Gateway {
+    async fn handle(
+        self,
+        route: &'static PublicRoute,
+        upstream: Upstream,
+        request: Request,
+    ) -> Response {
+        self.serve(route, upstream, request)
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
+    }
+
+    #[tracing::instrument(name = "forward", skip_all, fields(route = route.path, upstream = upstream.name()))]
+    async fn serve(
+        &self,
+        route: &'static PublicRoute,
+        upstream: Upstream,
+        request: Request,
+    ) -> Result<Response, GatewayError> {
+        let client_ip = self.client_ip(&request);
+        let user = match route.access {
+            Access::AccessToken => {
+                let token = bearer_token(request.headers()).ok_or(GatewayError::MissingToken)?;
+                Some(self.verifier.verify(token, TokenKind::Access)?.sub)
+            }
+            Access::Anonymous | Access::RefreshToken | Access::Operational => None,
+        };
+        if route.access != Access::Operational {
+            self.spend_budget(route, user, client_ip).await?;
+        }
+
+        let cache = self.feed_cache.as_ref().zip(user);
+        match (route.feed_cache, cache) {
+            (routes::FeedCache::Serves, Some((cache, user))) => {
+                let query = request.uri().query().unwrap_or_default().to_owned();
+                if FeedCache::accepts(&query) {
+                    if let Some(body) = cache.get(user, &query).await {
+                        ::metrics::counter!("gateway_feed_cache_total", "result" => "hit")
+                            .increment(1);
+                        return Ok(cached_response(body, "HIT"));
+                    }
+                    ::metrics::counter!("gateway_feed_cache_total", "result" => "miss")
+                        .increment(1);
+                    let response = self.proxy.forward(upstream, request, client_ip).await?;
+                    return store_feed_page(cache, user, &query, response).await;
+                }
+                self.proxy.forward(upstream, request, client_ip).await
+            }
+            (routes::FeedCache::Invalidates, Some((cache, user))) => {
+                let response = self.proxy.forward(upstream, request, client_ip).await?;
+                if response.status().is_success() {
+                    cache.invalidate(&[user]).await;
+                }
+                Ok(response)
+            }
+            _ => self.proxy.forward(upstream, request, client_ip).await,
+        }
+    }
+
+    /// The caller's address: the TCP peer, or what a trusted proxy in front says it is.
+    fn client_ip(&self, request: &Request) -> Option<IpAddr> {
+        let from_proxy = self
+            .settings
+            .client_ip_header
+            .as_ref()
+            .and_then(|name| request.headers().get(name))
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(',').next())
+            .and_then(|value| value.trim().parse().ok());
+        from_proxy.or_else(|| {
+            request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(address)| address.ip())
+        })
+    }
+
+    async fn spend_budget(
+        &self,
+        route: &'static PublicRoute,
+        user: Option<Uuid>,
+        client_ip: Option<IpAddr>,
+    ) -> Result<(), GatewayError> {
+        let (subject, limit): (Subject, RateLimit) = match (user, client_ip) {
+            (Some(user), _) => (Subject::User(user), self.settings.user_limit),
+            (None, Some(ip)) => (Subject::Address(ip), self.settings.anonymous_limit),
+            (None, None) => return Ok(()),
+        };
+        match self.limiter.check(&subject, limit).await {
+            Decision::Allowed => Ok(()),
+            Decision::Limited { retry_after } => {
+                ::metrics::counter!("gateway_rate_limited_total", "route" => route.path)
+                    .increment(1);
+                Err(GatewayError::RateLimited { retry_after })
+            }
+        }
+    }
+}
+
+fn cached_response(body: axum::body::Bytes, cache_status: &'static str) -> Response {
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert("x-cache", HeaderValue::from_static(cache_status));
+    response
+}
+
+/// Passes a feed page through, keeping a copy when it is a success small enough to cache.
+async fn store_feed_page(
+    cache: &FeedCache,
+    user: Uuid,
+    query: &str,
+    response: Response,
+) -> Result<Response, GatewayError> {
+    let length = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let cacheable = response.status() == StatusCode::OK
+        && length.is_some_and(|length| length <= feed_cache::MAX_CACHED_BODY);
+    if !cacheable {
+        return Ok(response);
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, feed_cache::MAX_CACHED_BODY)
+        .await
+        .map_err(|_| GatewayError::UpstreamFailed(Upstream::Posts))?;
+    cache.put(user, query, &bytes).await;
+    let mut response = Response::from_parts(parts, Body::from(bytes));
+    response
+        .headers_mut()
+        .insert("x-cache", HeaderValue::from_static("MISS"));
+    Ok(response)
+}
+
+/// Connects to Redis and binds the listener, with the gateway's own settings read from the
+/// environment; serve with [`ServiceApp::run_until_stopped`].
 pub async fn build(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> Result<ServiceApp, StartupError> {
+    let gateway_settings =
+        GatewaySettings::from_env().map_err(|e| StartupError::Config(e.to_string()))?;
+    build_with(settings, gateway_settings, shutdown).await
+}
+
+/// [`build`] with the gateway's own settings given.
+pub async fn build_with(
+    settings: &Settings,
+    gateway_settings: GatewaySettings,
+    shutdown: CancellationToken,
+) -> Result<ServiceApp, StartupError> {
     // Fail at startup, not on the first request, when the token keys are missing or invalid.
-    let _verifier = TokenVerifier::from_settings(&settings.jwt)?;
+    let verifier = TokenVerifier::from_settings(&settings.jwt)?;
+    let services = &settings.services;
+    let addresses = [
+        &services.auth,
+        &services.users,
+        &services.posts,
+        &services.notifications,
+        &services.hub,
+    ]
+    .map(|url| UpstreamAddress::parse(url));
+    let [auth, users, posts, notifications, hub] = addresses;
+    let addresses = [
+        auth.map_err(StartupError::Config)?,
+        users.map_err(StartupError::Config)?,
+        posts.map_err(StartupError::Config)?,
+        notifications.map_err(StartupError::Config)?,
+        hub.map_err(StartupError::Config)?,
+    ];
     let redis = db::connect_redis(&settings.redis.url, settings.startup_wait).await?;
-    let router = axum::Router::new()
+    let proxy = Proxy::new(
+        addresses,
+        settings.internal.request_timeout,
+        gateway_settings.pool_max_idle_per_service,
+    );
+    let feed_cache = (!gateway_settings.feed_cache_ttl.is_zero()).then(|| {
+        FeedCache::new(
+            redis.clone(),
+            settings.redis.key("gateway:feedcache:"),
+            gateway_settings.feed_cache_ttl,
+        )
+    });
+    let cors = cors_layer(&gateway_settings.cors);
+    let gateway = Gateway {
+        verifier,
+        proxy,
+        limiter: RateLimiter::new(redis.clone(), settings.redis.key("gateway:ratelimit:")),
+        feed_cache,
+        settings: Arc::new(gateway_settings),
+    };
+
+    let router = proxied_routes(gateway)?
+        .merge(openapi::router())
         .merge(health::router(vec![Dependency::Redis(redis)]))
         .merge(metrics::router());
-    let router = with_common_layers(
+    let mut router = with_common_layers(
         metrics::with_request_metrics(router, SERVICE_NAME),
         settings.http.body_limit_bytes,
     );
+    // shared's body limit answers an announced (Content-Length) oversize body in plain text,
+    // outside its own envelope middleware; clients of the original expect the envelope.
+    router = router.layer(axum::middleware::map_response(envelope_plain_413));
+    if let Some(cors) = cors {
+        // Outermost, so preflights are answered before anything else and every response,
+        // errors included, carries the CORS headers.
+        router = router.layer(cors);
+    }
     ServiceApp::bind(
         SERVICE_NAME,
         settings.http.host,
@@ -41,4 +367,58 @@ pub async fn build(
     )
     .await
     .map_err(StartupError::from)
+}
+
+/// Rewrites the body limit's `text/plain` 413 into the error envelope, keeping its headers.
+async fn envelope_plain_413(response: Response) -> Response {
+    let is_plain = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || !is_plain {
+        return response;
+    }
+    let mut enveloped = GatewayError::BodyTooLarge.into_response();
+    for (name, value) in response.headers() {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+            enveloped.headers_mut().insert(name, value.clone());
+        }
+    }
+    enveloped
+}
+
+/// One route per forwarded entry of the table, each knowing its upstream and access rule.
+fn proxied_routes(gateway: Gateway) -> Result<Router, StartupError> {
+    let mut router = Router::new();
+    for route in PUBLIC_ROUTES {
+        let Target::Upstream(upstream) = route.target else {
+            continue;
+        };
+        let methods = MethodFilter::try_from(route.method.clone())
+            .map_err(|e| StartupError::Config(format!("{} {}: {e}", route.method, route.path)))?;
+        router = router.route(
+            route.path,
+            on(methods, move |State(gateway): State<Gateway>, request| {
+                gateway.handle(route, upstream, request)
+            }),
+        );
+    }
+    Ok(router.with_state(gateway))
+}
+
+fn cors_layer(origins: &CorsOrigins) -> Option<CorsLayer> {
+    let allow_origin = match origins {
+        CorsOrigins::Disabled => return None,
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => AllowOrigin::list(list.clone()),
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([AUTHORIZATION, CONTENT_TYPE, REQUEST_ID_HEADER])
+            .expose_headers([REQUEST_ID_HEADER, RETRY_AFTER])
+            .max_age(Duration::from_secs(600)),
+    )
 }

@@ -1,0 +1,230 @@
+//! Settings only the gateway reads, from the same environment as [`Settings`].
+//!
+//! They live here rather than in `shared::config` because no other part needs them; `build` reads
+//! them from the process environment and tests pass them to `build_with` directly. Every variable
+//! has a default that works locally (documented in `docs/gateway.md`).
+//!
+//! [`Settings`]: instaclone_shared::config::Settings
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use axum::http::{HeaderName, HeaderValue};
+
+/// Who may call the API from a browser (`CORS_ALLOWED_ORIGINS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// No CORS headers: browsers only allow same-origin calls (unset or empty).
+    Disabled,
+    /// Any origin (`*`). Safe for this API: it uses bearer tokens, never cookies.
+    Any,
+    /// Exactly these origins (comma-separated list).
+    List(Vec<HeaderValue>),
+}
+
+/// At most `requests` per `window` for one caller; `requests == 0` turns the limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub window: Duration,
+}
+
+impl RateLimit {
+    pub fn is_enabled(&self) -> bool {
+        self.requests > 0 && !self.window.is_zero()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub cors: CorsOrigins,
+    /// Per client address, on routes that need no token (register, login, refresh, docs).
+    pub anonymous_limit: RateLimit,
+    /// Per user, on every route that needs an access token.
+    pub user_limit: RateLimit,
+    /// Header a trusted proxy in front of the gateway sets to the client's address
+    /// (e.g. `x-real-ip`). Unset: the TCP peer address is the client address. Never set it when
+    /// clients reach the gateway directly, or they choose their own rate-limit bucket.
+    pub client_ip_header: Option<HeaderName>,
+    /// How long a home-feed page stays cached per user; zero turns the cache off.
+    pub feed_cache_ttl: Duration,
+    /// Upstream connections kept idle per service, for reuse.
+    pub pool_max_idle_per_service: usize,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        let minute = Duration::from_secs(60);
+        Self {
+            cors: CorsOrigins::Disabled,
+            anonymous_limit: RateLimit {
+                requests: 60,
+                window: minute,
+            },
+            user_limit: RateLimit {
+                requests: 600,
+                window: minute,
+            },
+            client_ip_header: None,
+            feed_cache_ttl: Duration::from_secs(10),
+            pool_max_idle_per_service: 256,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name} has an invalid value {value:?}: {reason}")]
+pub struct GatewayConfigError {
+    name: &'static str,
+    value: String,
+    reason: String,
+}
+
+impl GatewaySettings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, GatewayConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `lookup`; absent or empty values take their defaults.
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, GatewayConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let defaults = Self::default();
+        let window = match get("RATE_LIMIT_WINDOW_SECS") {
+            None => defaults.anonymous_limit.window,
+            Some(v) => Duration::from_secs(parse("RATE_LIMIT_WINDOW_SECS", &v)?),
+        };
+        let limit = |name: &'static str, default: RateLimit| match get(name) {
+            None => Ok(RateLimit { window, ..default }),
+            Some(v) => Ok(RateLimit {
+                requests: parse(name, &v)?,
+                window,
+            }),
+        };
+        Ok(Self {
+            cors: match get("CORS_ALLOWED_ORIGINS") {
+                None => CorsOrigins::Disabled,
+                Some(v) => parse_origins(&v)?,
+            },
+            anonymous_limit: limit("RATE_LIMIT_ANONYMOUS", defaults.anonymous_limit)?,
+            user_limit: limit("RATE_LIMIT_USER", defaults.user_limit)?,
+            client_ip_header: get("RATE_LIMIT_CLIENT_IP_HEADER")
+                .map(|v| parse::<HeaderName>("RATE_LIMIT_CLIENT_IP_HEADER", v.trim()))
+                .transpose()?,
+            feed_cache_ttl: match get("FEED_CACHE_TTL_SECS") {
+                None => defaults.feed_cache_ttl,
+                Some(v) => Duration::from_secs(parse("FEED_CACHE_TTL_SECS", &v)?),
+            },
+            pool_max_idle_per_service: match get("GATEWAY_POOL_MAX_IDLE") {
+                None => defaults.pool_max_idle_per_service,
+                Some(v) => parse("GATEWAY_POOL_MAX_IDLE", &v)?,
+            },
+        })
+    }
+}
+
+fn parse<T>(name: &'static str, value: &str) -> Result<T, GatewayConfigError>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    value
+        .trim()
+        .parse()
+        .map_err(|e: T::Err| GatewayConfigError {
+            name,
+            value: value.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+fn parse_origins(value: &str) -> Result<CorsOrigins, GatewayConfigError> {
+    if value.trim() == "*" {
+        return Ok(CorsOrigins::Any);
+    }
+    let invalid = |reason: &str| GatewayConfigError {
+        name: "CORS_ALLOWED_ORIGINS",
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let mut origins = Vec::new();
+    for origin in value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let well_formed = (origin.starts_with("http://") || origin.starts_with("https://"))
+            && !origin.ends_with('/');
+        if !well_formed {
+            return Err(invalid(
+                "expected `*` or comma-separated origins like `https://app.example.com` \
+                 (scheme, host, optional port, no trailing slash)",
+            ));
+        }
+        origins.push(HeaderValue::from_str(origin).map_err(|e| invalid(&e.to_string()))?);
+    }
+    Ok(CorsOrigins::List(origins))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<GatewaySettings, GatewayConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        GatewaySettings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.cors, CorsOrigins::Disabled);
+        assert_eq!(s.anonymous_limit.requests, 60);
+        assert_eq!(s.user_limit.requests, 600);
+        assert_eq!(s.user_limit.window, Duration::from_secs(60));
+        assert!(s.client_ip_header.is_none());
+    }
+
+    #[test]
+    fn origins_are_parsed_and_checked() {
+        let s = settings(&[(
+            "CORS_ALLOWED_ORIGINS",
+            "https://a.example, http://localhost:5173",
+        )])
+        .unwrap();
+        assert_eq!(
+            s.cors,
+            CorsOrigins::List(vec![
+                HeaderValue::from_static("https://a.example"),
+                HeaderValue::from_static("http://localhost:5173"),
+            ])
+        );
+        assert_eq!(
+            settings(&[("CORS_ALLOWED_ORIGINS", "*")]).unwrap().cors,
+            CorsOrigins::Any
+        );
+        let err = settings(&[("CORS_ALLOWED_ORIGINS", "a.example/")]).unwrap_err();
+        assert!(err.to_string().contains("CORS_ALLOWED_ORIGINS"), "{err}");
+    }
+
+    #[test]
+    fn limits_share_the_window_and_zero_disables() {
+        let s = settings(&[
+            ("RATE_LIMIT_WINDOW_SECS", "10"),
+            ("RATE_LIMIT_ANONYMOUS", "0"),
+            ("RATE_LIMIT_USER", "5"),
+        ])
+        .unwrap();
+        assert!(!s.anonymous_limit.is_enabled());
+        assert_eq!(
+            s.user_limit,
+            RateLimit {
+                requests: 5,
+                window: Duration::from_secs(10)
+            }
+        );
+        let err = settings(&[("RATE_LIMIT_USER", "lots")]).unwrap_err();
+        assert!(err.to_string().contains("RATE_LIMIT_USER"), "{err}");
+    }
+}

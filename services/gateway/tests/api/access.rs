@@ -1,0 +1,210 @@
+//! The access token is checked before anything is forwarded; CORS is as configured; request
+//! metrics are labelled by route template.
+
+use axum::http::StatusCode;
+use instaclone_gateway::{
+    GatewaySettings,
+    config::CorsOrigins,
+    routes::{Access, PUBLIC_ROUTES, Target, Upstream},
+};
+use uuid::Uuid;
+
+use crate::helpers::{assert_error_envelope, json, spawn_app, spawn_app_with, test_settings};
+
+#[tokio::test]
+async fn routes_needing_a_token_answer_401_without_one_and_forward_nothing() {
+    let app = spawn_app().await;
+    let id = Uuid::now_v7().to_string();
+    let other_keys = instaclone_shared::testing::TestEnv::new();
+    let forged = other_keys.access_token(Uuid::now_v7());
+    let expired = app.env.access_token_expiring_in(Uuid::now_v7(), -5);
+    for route in PUBLIC_ROUTES
+        .iter()
+        .filter(|r| r.access == Access::AccessToken)
+    {
+        let path = route.path.replace("{id}", &id);
+        for token in [
+            None,
+            Some("not-a-jwt"),
+            Some(forged.as_str()),
+            Some(expired.as_str()),
+        ] {
+            let mut request = app.client.request(route.method.clone(), app.url(&path));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let (status, body) = json(request.send().await.unwrap()).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{} {path}", route.method);
+            assert_error_envelope(&body, 401);
+        }
+    }
+    for upstream in Upstream::ALL {
+        assert_eq!(app.service(upstream).hits(), 0, "{upstream:?} was reached");
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_token_is_not_an_access_token_but_reaches_refresh() {
+    let app = spawn_app().await;
+    let (refresh, _) = app
+        .env
+        .issuer
+        .issue(
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            instaclone_shared::auth::TokenKind::Refresh,
+        )
+        .unwrap();
+    let response = app
+        .client
+        .get(app.url("/users/me"))
+        .bearer_auth(&refresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    let response = app
+        .client
+        .post(app.url("/auth/refresh"))
+        .bearer_auth(&refresh)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json(response).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["data"]["headers"]["authorization"],
+        format!("Bearer {refresh}"),
+        "the service checks the refresh token itself"
+    );
+}
+
+#[tokio::test]
+async fn register_login_and_gateway_routes_need_no_token() {
+    let app = spawn_app().await;
+    for route in PUBLIC_ROUTES
+        .iter()
+        .filter(|r| r.access != Access::AccessToken)
+    {
+        let response = app
+            .client
+            .request(route.method.clone(), app.url(route.path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{} {}",
+            route.method,
+            route.path
+        );
+        if route.target == Target::Upstream(Upstream::Auth) {
+            assert_eq!(response.headers()["x-upstream"], "auth");
+        }
+    }
+}
+
+#[tokio::test]
+async fn cors_allows_configured_origins_only() {
+    let settings = GatewaySettings {
+        cors: CorsOrigins::List(vec!["https://app.example".parse().unwrap()]),
+        ..test_settings()
+    };
+    let app = spawn_app_with(settings, |_| {}).await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/posts/feed"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.unwrap();
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert!(
+        !refused
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    assert_eq!(
+        app.service(Upstream::Posts).hits(),
+        0,
+        "preflights stay here"
+    );
+
+    let response = app
+        .client
+        .post(app.url("/auth/login"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+}
+
+#[tokio::test]
+async fn without_cors_configured_no_cors_headers_are_sent() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .post(app.url("/auth/login"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_labelled_with_the_public_route_template_not_the_raw_path() {
+    let app = spawn_app().await;
+    let id = Uuid::now_v7();
+    let response = app
+        .client
+        .get(app.url(&format!("/users/{id}/followers")))
+        .bearer_auth(app.token(Uuid::now_v7()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|line| {
+            line.starts_with("http_requests_total")
+                && line.contains(r#"service="gateway""#)
+                && line.contains(r#"route="/users/{id}/followers""#)
+        })
+        .unwrap_or_else(|| panic!("no request counter for the route template:\n{metrics}"));
+    assert!(line.contains(r#"status="200""#), "{line}");
+    assert!(
+        metrics.contains(r#"http_request_duration_seconds_bucket{service="gateway""#),
+        "latency histogram missing"
+    );
+    assert!(
+        !metrics.contains(&id.to_string()),
+        "a raw path leaked into a label"
+    );
+}

@@ -1,0 +1,105 @@
+//! The home feed is cached per user; a user's own writes drop their cache; nobody is ever served
+//! another user's feed.
+
+use axum::http::StatusCode;
+use instaclone_gateway::routes::Upstream;
+use uuid::Uuid;
+
+use crate::helpers::{json, spawn_app};
+
+async fn feed(
+    app: &crate::helpers::TestApp,
+    token: &str,
+    query: &str,
+) -> (String, serde_json::Value) {
+    let response = app
+        .client
+        .get(app.url(&format!("/posts/feed{query}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cache = response.headers()["x-cache"].to_str().unwrap().to_owned();
+    let (_, body) = json(response).await;
+    (cache, body)
+}
+
+#[tokio::test]
+async fn a_repeated_feed_read_is_served_from_the_cache_for_that_user_only() {
+    let app = spawn_app().await;
+    let alice = app.token(Uuid::now_v7());
+    let bob = app.token(Uuid::now_v7());
+
+    let (first, first_body) = feed(&app, &alice, "?limit=10").await;
+    let (second, second_body) = feed(&app, &alice, "?limit=10").await;
+    assert_eq!((first.as_str(), second.as_str()), ("MISS", "HIT"));
+    assert_eq!(first_body, second_body);
+    assert_eq!(app.service(Upstream::Posts).hits(), 1);
+
+    // Bob never gets Alice's page, even for the same query.
+    let (bobs, bobs_body) = feed(&app, &bob, "?limit=10").await;
+    assert_eq!(bobs, "MISS");
+    assert_eq!(
+        bobs_body["data"]["headers"]["authorization"],
+        format!("Bearer {bob}")
+    );
+    // Another page is another entry.
+    let (other_page, _) = feed(&app, &alice, "?limit=10&before=abc").await;
+    assert_eq!(other_page, "MISS");
+    assert_eq!(app.service(Upstream::Posts).hits(), 3);
+}
+
+#[tokio::test]
+async fn the_users_own_post_or_follow_drops_their_cached_feed() {
+    let app = spawn_app().await;
+    let alice = app.token(Uuid::now_v7());
+    let bob = app.token(Uuid::now_v7());
+    feed(&app, &alice, "").await;
+    feed(&app, &bob, "").await;
+    assert_eq!(feed(&app, &alice, "").await.0, "HIT");
+
+    let response = app
+        .client
+        .post(app.url("/posts"))
+        .bearer_auth(&alice)
+        .body(r#"{"mediaUrl":"https://img.example/1.jpg"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    assert_eq!(feed(&app, &alice, "").await.0, "MISS");
+    assert_eq!(
+        feed(&app, &bob, "").await.0,
+        "HIT",
+        "only the author's cache goes"
+    );
+
+    let response = app
+        .client
+        .post(app.url("/users/follow"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    assert_eq!(feed(&app, &bob, "").await.0, "MISS");
+}
+
+#[tokio::test]
+async fn failed_reads_are_not_cached() {
+    let app = spawn_app().await;
+    let alice = app.token(Uuid::now_v7());
+    for _ in 0..2 {
+        let response = app
+            .client
+            .get(app.url("/posts/feed"))
+            .bearer_auth(&alice)
+            .header("x-test-status", "400")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(app.service(Upstream::Posts).hits(), 2);
+}

@@ -1,0 +1,10 @@
+#![allow(clippy::unwrap_used)] // tests fail by panicking
+
+mod helpers;
+
+mod access;
+mod docs;
+mod feed_cache;
+mod proxying;
+mod rate_limit;
+mod upstream_failures;

@@ -1,0 +1,165 @@
+//! Rate limits live in Redis: per user on authenticated routes, per client address on anonymous
+//! ones, shared by every gateway replica.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use instaclone_gateway::{GatewaySettings, config::RateLimit, routes::Upstream};
+use uuid::Uuid;
+
+use crate::helpers::{assert_error_envelope, json, spawn_app_with, test_settings};
+
+fn limited(anonymous: u32, user: u32) -> GatewaySettings {
+    let window = Duration::from_secs(60);
+    GatewaySettings {
+        anonymous_limit: RateLimit {
+            requests: anonymous,
+            window,
+        },
+        user_limit: RateLimit {
+            requests: user,
+            window,
+        },
+        ..test_settings()
+    }
+}
+
+#[tokio::test]
+async fn a_user_over_the_limit_gets_429_with_retry_after_and_others_do_not() {
+    let app = spawn_app_with(limited(100, 3), |_| {}).await;
+    let alice = app.token(Uuid::now_v7());
+    let get_me = |token: String| {
+        app.client
+            .get(app.url("/users/me"))
+            .bearer_auth(token)
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            get_me(alice.clone()).await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+    let response = get_me(alice.clone()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    let (_, body) = json(response).await;
+    assert_error_envelope(&body, 429);
+    assert_eq!(
+        app.service(Upstream::Users).hits(),
+        3,
+        "limited requests are not forwarded"
+    );
+
+    // Another user (same address) has their own budget.
+    let bob = app.token(Uuid::now_v7());
+    assert_eq!(get_me(bob).await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn anonymous_routes_are_limited_per_client_address() {
+    let app = spawn_app_with(limited(2, 100), |_| {}).await;
+    let login = || app.client.post(app.url("/auth/login")).send();
+    for _ in 0..2 {
+        assert_eq!(login().await.unwrap().status(), StatusCode::OK);
+    }
+    let response = login().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+
+    // Health and metrics are never limited: probes must keep working.
+    for _ in 0..5 {
+        let health = app.client.get(app.url("/health")).send().await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+    }
+    // Authenticated routes spend the user's budget, not the address's.
+    let response = app
+        .client
+        .get(app.url("/users/me"))
+        .bearer_auth(app.token(Uuid::now_v7()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn replicas_share_one_budget_through_redis() {
+    let app = spawn_app_with(limited(100, 4), |_| {}).await;
+    let (replica, _stop) = app.replica(limited(100, 4)).await;
+    let token = app.token(Uuid::now_v7());
+    for base in [&app.address, &replica, &app.address, &replica] {
+        let response = app
+            .client
+            .get(format!("{base}/users/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    for base in [&app.address, &replica] {
+        let response = app
+            .client
+            .get(format!("{base}/users/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "{base}");
+    }
+}
+
+#[tokio::test]
+async fn the_budget_refills_over_the_window() {
+    let settings = GatewaySettings {
+        user_limit: RateLimit {
+            requests: 2,
+            window: Duration::from_secs(1),
+        },
+        ..test_settings()
+    };
+    let app = spawn_app_with(settings, |_| {}).await;
+    let token = app.token(Uuid::now_v7());
+    let get_me = || {
+        app.client
+            .get(app.url("/users/me"))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(get_me().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(get_me().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        get_me().await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // One request is earned back every half second.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(get_me().await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_client_address_header_of_a_trusted_proxy_picks_the_bucket() {
+    let settings = GatewaySettings {
+        client_ip_header: Some("x-real-ip".parse().unwrap()),
+        ..limited(1, 100)
+    };
+    let app = spawn_app_with(settings, |_| {}).await;
+    let login = |ip: &'static str| {
+        app.client
+            .post(app.url("/auth/login"))
+            .header("x-real-ip", ip)
+            .send()
+    };
+    assert_eq!(login("203.0.113.1").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        login("203.0.113.1").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(login("203.0.113.2").await.unwrap().status(), StatusCode::OK);
+}
