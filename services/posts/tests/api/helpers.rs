@@ -1,6 +1,12 @@
 //! Starts the posts service in-process on a free port, isolated by its own `TestEnv`.
 
-use instaclone_shared::testing::TestEnv;
+use std::time::Duration;
+
+use instaclone_shared::{
+    auth::InternalToken,
+    clients::{NewUser, UsersClient},
+    testing::TestEnv,
+};
 use mongodb::bson::Document;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -11,7 +17,15 @@ pub struct TestApp {
     pub env: TestEnv,
     pub address: String,
     pub http: reqwest::Client,
+    /// The real users service, when the test started one (feed tests).
+    pub users: Option<UsersService>,
     shutdown: CancellationToken,
+}
+
+/// The users service the posts service reads the follow graph from.
+pub struct UsersService {
+    pub address: String,
+    pub client: UsersClient,
 }
 
 impl Drop for TestApp {
@@ -27,7 +41,26 @@ pub async fn spawn_app() -> TestApp {
 
 /// The posts service built from `env.settings` (which a test may have adjusted).
 pub async fn spawn_app_with(env: TestEnv) -> TestApp {
+    start(env, CancellationToken::new(), None).await
+}
+
+/// The posts service and, beside it, the real users service (PostgreSQL) it takes the follow
+/// graph from.
+pub async fn spawn_app_with_users() -> TestApp {
+    let mut env = TestEnv::new();
     let shutdown = CancellationToken::new();
+    let users = instaclone_users::build(&env.settings, shutdown.clone())
+        .await
+        .expect("build the users service");
+    let address = format!("http://{}", users.address());
+    tokio::spawn(users.run_until_stopped());
+    env.settings.services.users = address.clone();
+    let token = InternalToken::new(env.settings.internal.token.clone().unwrap());
+    let client = UsersClient::new(&address, token, Duration::from_secs(10));
+    start(env, shutdown, Some(UsersService { address, client })).await
+}
+
+async fn start(env: TestEnv, shutdown: CancellationToken, users: Option<UsersService>) -> TestApp {
     let app = instaclone_posts::build(&env.settings, shutdown.clone())
         .await
         .expect("build the posts service");
@@ -37,6 +70,7 @@ pub async fn spawn_app_with(env: TestEnv) -> TestApp {
         env,
         address,
         http: reqwest::Client::new(),
+        users,
         shutdown,
     }
 }
@@ -129,5 +163,50 @@ impl TestApp {
             .count_documents(mongodb::bson::doc! {})
             .await
             .unwrap()
+    }
+}
+
+impl TestApp {
+    fn users(&self) -> &UsersService {
+        self.users
+            .as_ref()
+            .expect("spawned without the users service")
+    }
+
+    /// A user registered in the users service, and an access token for them.
+    pub async fn registered_user(&self, username: &str) -> (Uuid, String) {
+        let record = self
+            .users()
+            .client
+            .create_user(&NewUser {
+                email: format!("{username}@example.com"),
+                username: Some(username.to_owned()),
+                password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned(),
+            })
+            .await
+            .unwrap();
+        (record.id, self.env.access_token(record.id))
+    }
+
+    /// `follower` follows or unfollows `followed` through the users service's public API.
+    pub async fn set_following(&self, follower_token: &str, followed: Uuid, follow: bool) {
+        let (path, body) = if follow {
+            ("/users/follow", json!({ "userIdToFollow": followed }))
+        } else {
+            ("/users/unfollow", json!({ "userIdToUnfollow": followed }))
+        };
+        let response = self
+            .http
+            .post(format!("{}{path}", self.users().address))
+            .bearer_auth(follower_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
     }
 }

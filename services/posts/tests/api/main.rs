@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! Integration tests of the posts service against the real MongoDB-protocol server and RabbitMQ.
 
+mod feed;
 mod helpers;
 mod outbox;
 mod pagination;
