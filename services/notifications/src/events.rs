@@ -98,6 +98,13 @@ impl EventProcessor {
         }
     }
 
+    /// Reads followers `page` at a time (at most the users service's
+    /// [`MAX_ID_PAGE`](instaclone_shared::clients::MAX_ID_PAGE)) instead of [`FOLLOWER_PAGE`].
+    pub fn with_follower_page(mut self, page: u32) -> Self {
+        self.follower_page = page.clamp(1, instaclone_shared::clients::MAX_ID_PAGE);
+        self
+    }
+
     /// Handles `event`, retrying transient failures a few times before giving up on this
     /// delivery.
     pub async fn handle_with_retries(
