@@ -1,20 +1,119 @@
-//! Realtime hub. WebSocket and SSE push of notifications, across replicas.
+//! Realtime hub. WebSocket and SSE push of notifications, across replicas, with no loss.
+//!
+//! Any replica consumes `notification.created` from one shared queue and, per recipient,
+//! appends to the recipient's Redis stream and publishes on their channel ([`consumer`],
+//! [`store`]). Each replica subscribes only to the channels of its connected users and fans out
+//! to their connections ([`registry`]); a connection replays the stream from the client's last
+//! id before going live ([`connection`]), so reconnecting to any replica loses nothing.
 //!
 //! A library (`build` returns a bound [`ServiceApp`]) with a thin `main.rs`, so the all-in-one
-//! binary and the tests start it in-process.
+//! binary and the tests start it in-process. The protocol is documented in
+//! `docs/realtime-hub.md`.
 
+pub mod connection;
+pub mod consumer;
+pub mod protocol;
+pub mod registry;
+pub mod store;
+pub mod telemetry;
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{
+        FromRef, State,
+        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+    },
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response, Sse},
+    routing::{get, post},
+};
+use base64::Engine;
+use futures_util::StreamExt;
 use instaclone_shared::{
-    auth::TokenVerifier,
+    amqp,
+    auth::{AuthUser, TokenKind, TokenVerifier, bearer_token},
     config::Settings,
-    db,
+    db::{self, redact_url},
     health::{self, Dependency},
-    http::with_common_layers,
+    http::{ApiError, ApiQuery, Envelope, with_common_layers},
     metrics,
     server::{ServiceApp, StartupError},
 };
-use tokio_util::sync::CancellationToken;
+use serde::{Deserialize, Serialize};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+
+use crate::{
+    connection::{ConnectionContext, Resume, Subscriber},
+    protocol::{InvalidStreamId, StreamId},
+    registry::Registry,
+    store::Store,
+};
 
 pub const SERVICE_NAME: &str = "realtime-hub";
+
+/// Per-socket WebSocket buffers. Clients only send pongs and the occasional token refresh, so
+/// the read side needs little; tungstenite's defaults (128 KiB read buffer, unbounded write
+/// buffer, 64 MiB messages) would cost far more memory than the connection itself.
+const WS_READ_BUFFER: usize = 4 * 1024;
+const WS_MAX_WRITE_BUFFER: usize = 256 * 1024;
+const WS_MAX_MESSAGE: usize = 16 * 1024;
+
+/// One error type for the hub's HTTP surface.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error(transparent)]
+    BadResumeId(#[from] InvalidStreamId),
+    #[error("{0}")]
+    NotAnUpgrade(String, StatusCode),
+    #[error("this replica is shutting down")]
+    ShuttingDown,
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl From<HubError> for ApiError {
+    fn from(error: HubError) -> Self {
+        match error {
+            HubError::Unauthorized(message) => ApiError::unauthorized(message),
+            HubError::BadResumeId(error) => ApiError::bad_request(error.to_string()),
+            HubError::NotAnUpgrade(message, status) => ApiError::new(status, message),
+            HubError::ShuttingDown => {
+                ApiError::service_unavailable("This replica is shutting down; connect to another")
+            }
+            HubError::Redis(error) => ApiError::internal(error),
+        }
+    }
+}
+
+impl IntoResponse for HubError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
+    }
+}
+
+#[derive(Clone)]
+pub struct HubState {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    verifier: TokenVerifier,
+    store: Store,
+    connections: ConnectionContext,
+    ticket_ttl: Duration,
+    tracker: TaskTracker,
+}
+
+impl FromRef<HubState> for TokenVerifier {
+    fn from_ref(state: &HubState) -> Self {
+        state.inner.verifier.clone()
+    }
+}
 
 /// Connects to the backing services and binds the listener; serve with
 /// [`ServiceApp::run_until_stopped`].
@@ -23,9 +122,46 @@ pub async fn build(
     shutdown: CancellationToken,
 ) -> Result<ServiceApp, StartupError> {
     // Fail at startup, not on the first request, when the token keys are missing or invalid.
-    let _verifier = TokenVerifier::from_settings(&settings.jwt)?;
+    let verifier = TokenVerifier::from_settings(&settings.jwt)?;
     let redis = db::connect_redis(&settings.redis.url, settings.startup_wait).await?;
-    let router = axum::Router::new()
+    let pubsub_client = redis::Client::open(settings.redis.url.expose().as_str()).map_err(|e| {
+        StartupError::Config(format!(
+            "invalid REDIS_URL {}: {e}",
+            redact_url(settings.redis.url.expose())
+        ))
+    })?;
+    let store = Store::new(
+        redis.clone(),
+        settings.redis.clone(),
+        settings.hub.stream_max_len,
+    );
+    let (registry, pubsub_commands) = Registry::new(store.clone());
+    let tracker = TaskTracker::new();
+    let state = HubState {
+        inner: Arc::new(HubInner {
+            verifier: verifier.clone(),
+            store: store.clone(),
+            connections: ConnectionContext {
+                registry: registry.clone(),
+                store: store.clone(),
+                verifier,
+                shutdown: shutdown.clone(),
+                send_queue_capacity: settings.hub.send_queue_capacity,
+                ws_ping_interval: settings.hub.ws_ping_interval,
+                sse_heartbeat_interval: settings.hub.sse_heartbeat_interval,
+            },
+            ticket_ttl: settings.hub.ticket_ttl,
+            tracker: tracker.clone(),
+        }),
+    };
+
+    let realtime = Router::new()
+        .route("/realtime/ticket", post(issue_ticket))
+        .route("/realtime/ws", get(websocket))
+        .route("/realtime/sse", get(server_sent_events))
+        .with_state(state);
+    let router = Router::new()
+        .merge(realtime)
         .merge(health::router(vec![
             Dependency::Redis(redis),
             Dependency::RabbitMq(settings.amqp.clone()),
@@ -35,13 +171,219 @@ pub async fn build(
         metrics::with_request_metrics(router, SERVICE_NAME),
         settings.http.body_limit_bytes,
     );
-    ServiceApp::bind(
+    let mut app = ServiceApp::bind(
         SERVICE_NAME,
         settings.http.host,
         settings.http.hub_port,
         router,
-        shutdown,
+        shutdown.clone(),
     )
-    .await
-    .map_err(StartupError::from)
+    .await?;
+
+    app.spawn_task(registry::run_pubsub(
+        registry,
+        pubsub_client,
+        pubsub_commands,
+        shutdown.clone(),
+    ));
+    let consumer_store = store;
+    app.spawn_task(amqp::run_consumer(
+        settings.amqp.clone(),
+        consumer::queue_spec(&settings.amqp),
+        shutdown.clone(),
+        move |event| {
+            let store = consumer_store.clone();
+            async move { consumer::handle(&store, event).await }
+        },
+    ));
+    // Shutdown drain: every connection says goodbye (close 1001 / `event: reconnect`) and ends;
+    // the app stops once they all have (or the server's drain timeout passes).
+    app.spawn_task(async move {
+        shutdown.cancelled().await;
+        tracker.close();
+        tracker.wait().await;
+    });
+    Ok(app)
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Ticket {
+    ticket: String,
+    /// Seconds the ticket stays valid.
+    expires_in: u64,
+}
+
+/// `POST /realtime/ticket`: a one-time credential to put in a WebSocket or EventSource URL,
+/// since browsers cannot set headers there. It carries the access token's expiry, so the
+/// connection it opens ends when the token would have.
+#[tracing::instrument(skip_all, fields(user = %user.id))]
+async fn issue_ticket(
+    State(hub): State<HubState>,
+    user: AuthUser,
+) -> Result<(StatusCode, Envelope<Ticket>), HubError> {
+    let bytes: [u8; 32] = rand::random();
+    let ticket = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let value = format!("{}:{}", user.id, user.expires_at);
+    hub.inner
+        .store
+        .put_ticket(&ticket, &value, hub.inner.ticket_ttl)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Envelope::created(Ticket {
+            ticket,
+            expires_in: hub.inner.ticket_ttl.as_secs(),
+        }),
+    ))
+}
+
+/// Query of both connection routes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ConnectQuery {
+    ticket: Option<String>,
+    /// Resume after this id.
+    last_event_id: Option<String>,
+    /// Alias of `lastEventId`.
+    since: Option<String>,
+}
+
+impl HubState {
+    /// Authenticates by ticket (consumed) or bearer token; 401 otherwise.
+    async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        ticket: Option<&str>,
+    ) -> Result<Subscriber, HubError> {
+        if let Some(ticket) = ticket {
+            let value = self
+                .inner
+                .store
+                .take_ticket(ticket)
+                .await?
+                .ok_or(HubError::Unauthorized("Invalid, expired or used ticket"))?;
+            let (user, expires_at) = value
+                .split_once(':')
+                .and_then(|(user, exp)| Some((user.parse::<Uuid>().ok()?, exp.parse().ok()?)))
+                .ok_or(HubError::Unauthorized("Invalid ticket"))?;
+            if expires_at <= chrono::Utc::now().timestamp() {
+                return Err(HubError::Unauthorized("Token has expired"));
+            }
+            return Ok(Subscriber { user, expires_at });
+        }
+        let token = bearer_token(headers).ok_or(HubError::Unauthorized(
+            "Missing credentials: a ticket or a bearer token",
+        ))?;
+        let claims = self
+            .inner
+            .verifier
+            .verify(token, TokenKind::Access)
+            .map_err(|error| {
+                HubError::Unauthorized(match error {
+                    instaclone_shared::auth::TokenError::Expired => "Token has expired",
+                    _ => "Invalid token",
+                })
+            })?;
+        Ok(Subscriber {
+            user: claims.sub,
+            expires_at: claims.exp,
+        })
+    }
+
+    /// Where the connection starts: after the client's id, or at the stream's current head.
+    async fn resume_point(
+        &self,
+        user: Uuid,
+        requested: Option<StreamId>,
+    ) -> Result<Resume, HubError> {
+        Ok(match requested {
+            Some(id) => Resume::After(id),
+            None => Resume::Fresh(self.inner.store.head(user).await?),
+        })
+    }
+
+    fn refuse_when_stopping(&self) -> Result<(), HubError> {
+        if self.inner.connections.shutdown.is_cancelled() {
+            Err(HubError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn requested_id(candidates: &[Option<&str>]) -> Result<Option<StreamId>, HubError> {
+    candidates
+        .iter()
+        .flatten()
+        .map(|text| text.trim())
+        .find(|text| !text.is_empty())
+        .map(str::parse)
+        .transpose()
+        .map_err(HubError::from)
+}
+
+/// `GET /realtime/ws`: the WebSocket transport.
+#[tracing::instrument(skip_all)]
+async fn websocket(
+    State(hub): State<HubState>,
+    ApiQuery(query): ApiQuery<ConnectQuery>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, HubError> {
+    hub.refuse_when_stopping()?;
+    let requested = requested_id(&[query.last_event_id.as_deref(), query.since.as_deref()])?;
+    let subscriber = hub.authenticate(&headers, query.ticket.as_deref()).await?;
+    let upgrade = upgrade
+        .map_err(|rejection| HubError::NotAnUpgrade(rejection.body_text(), rejection.status()))?;
+    let resume = hub.resume_point(subscriber.user, requested).await?;
+    let context = hub.inner.connections.clone();
+    let tracker = hub.inner.tracker.clone();
+    Ok(upgrade
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
+        .max_message_size(WS_MAX_MESSAGE)
+        .max_frame_size(WS_MAX_MESSAGE)
+        .on_upgrade(move |socket| {
+            tracker.track_future(connection::serve_websocket(
+                context, socket, subscriber, resume,
+            ))
+        }))
+}
+
+/// `GET /realtime/sse`: the Server-Sent Events transport. `Last-Event-ID` (sent by browsers on
+/// reconnect) takes precedence over the query.
+#[tracing::instrument(skip_all)]
+async fn server_sent_events(
+    State(hub): State<HubState>,
+    ApiQuery(query): ApiQuery<ConnectQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HubError> {
+    hub.refuse_when_stopping()?;
+    let header = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok());
+    let requested = requested_id(&[
+        header,
+        query.last_event_id.as_deref(),
+        query.since.as_deref(),
+    ])?;
+    let subscriber = hub.authenticate(&headers, query.ticket.as_deref()).await?;
+    let resume = hub.resume_point(subscriber.user, requested).await?;
+    // Capacity 1: the connection's own bounded queue does the buffering; this only hands
+    // events to the response body as the socket accepts them.
+    let (events, body) = tokio::sync::mpsc::channel(1);
+    hub.inner.tracker.spawn(connection::serve_sse(
+        hub.inner.connections.clone(),
+        events,
+        subscriber,
+        resume,
+    ));
+    let stream = tokio_stream::wrappers::ReceiverStream::new(body).map(Ok::<_, Infallible>);
+    Ok((
+        [("x-accel-buffering", "no"), ("cache-control", "no-cache")],
+        Sse::new(stream),
+    )
+        .into_response())
 }

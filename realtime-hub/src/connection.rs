@@ -1,0 +1,466 @@
+//! One client connection, WebSocket or SSE: a writer task that owns the outgoing side and a
+//! (WebSocket only) reader task that owns the incoming side.
+//!
+//! The writer does, in order: wait until this replica is subscribed to the user's channel,
+//! replay the user's stream after the resume id, then deliver live messages from the
+//! connection's bounded queue, dropping any whose id it has already written (they were
+//! replayed). It also sends heartbeats, ends the connection when the access token expires, and
+//! on shutdown tells the client to reconnect elsewhere. Every socket write is raced against the
+//! connection's stop signal, so a client that stops reading cannot hold the writer hostage: the
+//! dispatcher stops it as soon as its queue overflows.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket},
+    response::sse::Event,
+};
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
+use instaclone_shared::auth::{TokenKind, TokenVerifier};
+use serde::Deserialize;
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    protocol::{CloseReason, ControlMessage, Delivery, Outbound, StreamId},
+    registry::{ConnectionControl, Registry},
+    store::{ReplayPage, Store},
+    telemetry::{self, Transport},
+};
+
+/// How long a closing connection waits for its close frame (or last SSE event) to be written
+/// and, for WebSocket, the client's close reply.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Where a connection starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Resume {
+    /// The client gave the last id it has: replay everything after it, or `resync` if that is
+    /// no longer possible.
+    After(StreamId),
+    /// A new client: deliver what arrives from now on. The id is the stream's head read before
+    /// subscribing, so anything appended in between is replayed, not lost.
+    Fresh(StreamId),
+}
+
+/// Everything a connection needs from the hub.
+#[derive(Clone)]
+pub struct ConnectionContext {
+    pub registry: Arc<Registry>,
+    pub store: Store,
+    pub verifier: TokenVerifier,
+    pub shutdown: CancellationToken,
+    pub send_queue_capacity: usize,
+    pub ws_ping_interval: Duration,
+    pub sse_heartbeat_interval: Duration,
+}
+
+/// An authenticated client about to be connected.
+#[derive(Debug, Clone, Copy)]
+pub struct Subscriber {
+    pub user: Uuid,
+    /// Unix seconds at which its credentials expire.
+    pub expires_at: i64,
+}
+
+/// The outgoing side of a connection.
+enum Writer {
+    WebSocket(SplitSink<WebSocket, Message>),
+    Sse(mpsc::Sender<Event>),
+}
+
+#[derive(Debug)]
+struct WriteFailed;
+
+impl Writer {
+    fn transport(&self) -> Transport {
+        match self {
+            Self::WebSocket(_) => Transport::WebSocket,
+            Self::Sse(_) => Transport::Sse,
+        }
+    }
+
+    async fn notification(&mut self, delivery: &Delivery) -> Result<(), WriteFailed> {
+        match self {
+            Self::WebSocket(sink) => sink
+                .send(Message::Text(Utf8Bytes::from(delivery.ws_frame())))
+                .await
+                .map_err(|_| WriteFailed),
+            Self::Sse(events) => {
+                let event = Event::default()
+                    .id(delivery.id.to_string())
+                    .event("notification")
+                    .data(&*delivery.notification_json);
+                events.send(event).await.map_err(|_| WriteFailed)
+            }
+        }
+    }
+
+    async fn control(&mut self, message: &ControlMessage) -> Result<(), WriteFailed> {
+        match self {
+            Self::WebSocket(sink) => sink
+                .send(Message::Text(Utf8Bytes::from(message.to_json())))
+                .await
+                .map_err(|_| WriteFailed),
+            Self::Sse(events) => {
+                let event = Event::default()
+                    .event(message.event_name())
+                    .data(message.to_json());
+                events.send(event).await.map_err(|_| WriteFailed)
+            }
+        }
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), WriteFailed> {
+        match self {
+            Self::WebSocket(sink) => sink
+                .send(Message::Ping(Default::default()))
+                .await
+                .map_err(|_| WriteFailed),
+            Self::Sse(events) => events
+                .send(Event::default().comment(""))
+                .await
+                .map_err(|_| WriteFailed),
+        }
+    }
+
+    /// Best effort: tells the client why, within [`CLOSE_GRACE`].
+    async fn close(&mut self, reason: CloseReason) {
+        let goodbye = async {
+            match self {
+                Self::WebSocket(sink) => {
+                    if reason == CloseReason::Shutdown {
+                        let notice = ControlMessage::Reconnect { reason: "shutdown" };
+                        let _ = sink.send(Message::Text(notice.to_json().into())).await;
+                    }
+                    let frame = CloseFrame {
+                        code: reason.close_code(),
+                        reason: reason.label().into(),
+                    };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                }
+                Self::Sse(events) => {
+                    if reason != CloseReason::ClientGone {
+                        let notice = ControlMessage::Reconnect {
+                            reason: reason.label(),
+                        };
+                        let event = Event::default().event("reconnect").data(notice.to_json());
+                        let _ = events.send(event).await;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
+    }
+}
+
+/// Serves an upgraded WebSocket until it ends.
+pub async fn serve_websocket(
+    context: ConnectionContext,
+    socket: WebSocket,
+    subscriber: Subscriber,
+    resume: Resume,
+) {
+    let (sink, stream) = socket.split();
+    let control = Arc::new(ConnectionControl::default());
+    let (queue_tx, queue_rx) = mpsc::channel(context.send_queue_capacity.max(1));
+    let (expiry_tx, expiry_rx) = watch::channel(subscriber.expires_at);
+    let (registration, subscribed) =
+        context
+            .registry
+            .register(subscriber.user, queue_tx.clone(), control.clone());
+    let mut reader = tokio::spawn(read_websocket(
+        stream,
+        control.clone(),
+        queue_tx,
+        context.verifier.clone(),
+        subscriber.user,
+        expiry_tx,
+    ));
+    let mut writer = Writer::WebSocket(sink);
+    let reason = drive(
+        &context,
+        &mut writer,
+        &control,
+        queue_rx,
+        subscribed,
+        expiry_rx,
+        resume,
+        subscriber.user,
+    )
+    .await;
+    drop(registration);
+    writer.close(reason).await;
+    // Give the client the chance to answer our close frame, then stop reading regardless.
+    if tokio::time::timeout(CLOSE_GRACE, &mut reader)
+        .await
+        .is_err()
+    {
+        reader.abort();
+    }
+    telemetry::connection_closed(Transport::WebSocket, reason);
+}
+
+/// Serves an SSE stream: `events` is the sending side of the response body.
+pub async fn serve_sse(
+    context: ConnectionContext,
+    events: mpsc::Sender<Event>,
+    subscriber: Subscriber,
+    resume: Resume,
+) {
+    let control = Arc::new(ConnectionControl::default());
+    let (queue_tx, queue_rx) = mpsc::channel(context.send_queue_capacity.max(1));
+    // SSE clients cannot refresh in-band: they reconnect with a new ticket.
+    let (_expiry_tx, expiry_rx) = watch::channel(subscriber.expires_at);
+    let (registration, subscribed) =
+        context
+            .registry
+            .register(subscriber.user, queue_tx, control.clone());
+    let mut writer = Writer::Sse(events);
+    let reason = drive(
+        &context,
+        &mut writer,
+        &control,
+        queue_rx,
+        subscribed,
+        expiry_rx,
+        resume,
+        subscriber.user,
+    )
+    .await;
+    drop(registration);
+    writer.close(reason).await;
+    telemetry::connection_closed(Transport::Sse, reason);
+}
+
+/// The writer: returns why the connection ended.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    context: &ConnectionContext,
+    writer: &mut Writer,
+    control: &ConnectionControl,
+    mut queue: mpsc::Receiver<Outbound>,
+    subscribed: oneshot::Receiver<()>,
+    mut expiry: watch::Receiver<i64>,
+    resume: Resume,
+    user: Uuid,
+) -> CloseReason {
+    let transport = writer.transport();
+    telemetry::connection_opened(transport);
+    let outcome = async {
+        tokio::select! {
+            biased;
+            () = context.shutdown.cancelled() => return Err(CloseReason::Shutdown),
+            () = control.stopped() => return Err(control.reason()),
+            result = subscribed => result.map_err(|_| CloseReason::Shutdown)?,
+        }
+        let mut delivered = Delivered::default();
+        let (after, check_gap) = match resume {
+            Resume::After(id) => (id, true),
+            Resume::Fresh(head) => (head, false),
+        };
+        delivered.last = Some(after);
+        replay(context, writer, control, user, &mut delivered, check_gap).await?;
+
+        let heartbeat_every = match transport {
+            Transport::WebSocket => context.ws_ping_interval,
+            Transport::Sse => context.sse_heartbeat_interval,
+        };
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        control
+            .alive
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut expires = deadline(*expiry.borrow_and_update());
+        loop {
+            tokio::select! {
+                biased;
+                () = context.shutdown.cancelled() => return Err(CloseReason::Shutdown),
+                () = control.stopped() => return Err(control.reason()),
+                () = tokio::time::sleep_until(expires) => return Err(CloseReason::TokenExpired),
+                Ok(()) = expiry.changed() => expires = deadline(*expiry.borrow_and_update()),
+                _ = heartbeat.tick() => {
+                    if transport == Transport::WebSocket
+                        && !control.alive.swap(false, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        return Err(CloseReason::PingTimeout);
+                    }
+                    guarded(context, control, writer.heartbeat()).await?;
+                }
+                message = queue.recv() => match message {
+                    // Only the registry and the reader hold senders; both gone means the end.
+                    None => return Err(CloseReason::ClientGone),
+                    Some(Outbound::Notification(delivery)) => {
+                        if delivered.last.is_none_or(|last| delivery.id > last) {
+                            guarded(context, control, writer.notification(&delivery)).await?;
+                            telemetry::delivered(transport, delivery.created_at_millis);
+                            delivered.last = Some(delivery.id);
+                        }
+                    }
+                    Some(Outbound::CatchUp) => {
+                        replay(context, writer, control, user, &mut delivered, false).await?;
+                    }
+                    Some(Outbound::Control(message)) => {
+                        guarded(context, control, writer.control(&message)).await?;
+                    }
+                },
+            }
+        }
+    }
+    .await;
+    let reason = match outcome {
+        Ok(()) => CloseReason::ClientGone,
+        Err(reason) => reason,
+    };
+    control.stop(reason);
+    control.reason()
+}
+
+#[derive(Default)]
+struct Delivered {
+    /// Newest id written to this client; live messages at or below it are duplicates.
+    last: Option<StreamId>,
+}
+
+/// Writes the stream's entries after `delivered.last`; on a gap, tells the client to resync
+/// and continues from the current head.
+async fn replay(
+    context: &ConnectionContext,
+    writer: &mut Writer,
+    control: &ConnectionControl,
+    user: Uuid,
+    delivered: &mut Delivered,
+    check_gap: bool,
+) -> Result<(), CloseReason> {
+    let transport = writer.transport();
+    let mut first_page = check_gap;
+    loop {
+        let after = delivered.last.unwrap_or(StreamId::ZERO);
+        let page = context
+            .store
+            .replay_page(user, after, first_page)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, %user, "replay failed");
+                CloseReason::ServerError
+            })?;
+        first_page = false;
+        match page {
+            ReplayPage::Entries(entries) if entries.is_empty() => return Ok(()),
+            ReplayPage::Entries(entries) => {
+                telemetry::replayed(entries.len());
+                for entry in entries {
+                    guarded(context, control, writer.notification(&entry)).await?;
+                    telemetry::delivered(transport, 0);
+                    delivered.last = Some(entry.id);
+                }
+            }
+            ReplayPage::Gap => {
+                // The head is read before the client hears "resync", so its reload covers
+                // everything up to it; later entries come live.
+                let head = context.store.head(user).await.map_err(|error| {
+                    tracing::warn!(%error, %user, "reading the stream head failed");
+                    CloseReason::ServerError
+                })?;
+                telemetry::resync();
+                let message = ControlMessage::Resync {
+                    reason: "history no longer retained",
+                };
+                guarded(context, control, writer.control(&message)).await?;
+                delivered.last = Some(head);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Runs a socket write unless the connection is stopped or the replica shuts down first.
+async fn guarded(
+    context: &ConnectionContext,
+    control: &ConnectionControl,
+    write: impl std::future::Future<Output = Result<(), WriteFailed>>,
+) -> Result<(), CloseReason> {
+    tokio::select! {
+        biased;
+        () = control.stopped() => Err(control.reason()),
+        () = context.shutdown.cancelled() => Err(CloseReason::Shutdown),
+        result = write => result.map_err(|_| CloseReason::ClientGone),
+    }
+}
+
+fn deadline(expires_at_unix: i64) -> Instant {
+    let remaining_millis = expires_at_unix
+        .saturating_mul(1000)
+        .saturating_sub(chrono::Utc::now().timestamp_millis())
+        .max(0);
+    Instant::now() + Duration::from_millis(u64::try_from(remaining_millis).unwrap_or_default())
+}
+
+/// Messages a WebSocket client may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    /// A fresh access token, so the connection outlives the one it was opened with.
+    Refresh { token: String },
+}
+
+/// The reader: marks the connection alive on every frame, handles client messages, and stops
+/// the connection when the client goes away.
+async fn read_websocket(
+    mut stream: SplitStream<WebSocket>,
+    control: Arc<ConnectionControl>,
+    queue: mpsc::Sender<Outbound>,
+    verifier: TokenVerifier,
+    user: Uuid,
+    expiry: watch::Sender<i64>,
+) {
+    while let Some(Ok(message)) = stream.next().await {
+        control
+            .alive
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => break,
+            Message::Binary(_) => {
+                let reply = ControlMessage::Error {
+                    message: "binary frames are not part of this protocol".to_owned(),
+                };
+                let _ = queue.try_send(Outbound::Control(reply));
+                continue;
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        match serde_json::from_str::<ClientMessage>(text.as_str()) {
+            Ok(ClientMessage::Refresh { token }) => {
+                match verifier.verify(&token, TokenKind::Access) {
+                    Ok(claims) if claims.sub == user => {
+                        expiry.send_replace(claims.exp);
+                        let reply = ControlMessage::Refreshed {
+                            expires_at: claims.exp,
+                        };
+                        let _ = queue.try_send(Outbound::Control(reply));
+                    }
+                    _ => {
+                        control.stop(CloseReason::InvalidRefresh);
+                        return;
+                    }
+                }
+            }
+            Err(error) => {
+                let reply = ControlMessage::Error {
+                    message: format!("unknown message: {error}"),
+                };
+                let _ = queue.try_send(Outbound::Control(reply));
+            }
+        }
+    }
+    control.stop(CloseReason::ClientGone);
+}

@@ -1,0 +1,87 @@
+//! Cross-replica delivery: any replica consumes, the one holding the connection delivers.
+
+use std::{collections::HashSet, time::Duration};
+
+use instaclone_shared::testing::TestEnv;
+use uuid::Uuid;
+
+use crate::helpers::{
+    Publisher, assert_silent, metric, next_notification, notification, spawn_replica, ws_connect,
+};
+
+#[tokio::test]
+async fn a_notification_for_a_user_on_another_replica_arrives_exactly_once() {
+    let env = TestEnv::new();
+    let replica_a = spawn_replica(&env).await;
+    let replica_b = spawn_replica(&env).await;
+    let publisher = Publisher::new(&env).await;
+    let (on_b, on_a) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut socket_b = ws_connect(&replica_b, &env.access_token(on_b), "").await;
+    let mut socket_a = ws_connect(&replica_a, &env.access_token(on_a), "").await;
+    // A second device of the same user, on the other replica.
+    let mut second_device = ws_connect(&replica_a, &env.access_token(on_b), "").await;
+
+    // Several events, so both replicas' consumers (competing on one queue) take some.
+    let mut sent = Vec::new();
+    for _ in 0..6 {
+        let for_b = notification(on_b);
+        sent.push(for_b.id.clone());
+        publisher.publish(&[for_b, notification(on_a)]).await;
+    }
+
+    for socket in [&mut socket_b, &mut second_device] {
+        let mut received = Vec::new();
+        let mut last_id = String::new();
+        for _ in 0..sent.len() {
+            let frame = next_notification(socket).await;
+            assert_eq!(frame["data"]["userId"], on_b.to_string());
+            let id = frame["id"].as_str().unwrap().to_owned();
+            assert!(
+                id_key(&id) > id_key(&last_id),
+                "ids must increase: {id} after {last_id}"
+            );
+            last_id = id;
+            received.push(frame["data"]["_id"].as_str().unwrap().to_owned());
+        }
+        let received: HashSet<_> = received.into_iter().collect();
+        assert_eq!(received, sent.iter().cloned().collect::<HashSet<_>>());
+    }
+    for _ in 0..sent.len() {
+        let frame = next_notification(&mut socket_a).await;
+        assert_eq!(frame["data"]["userId"], on_a.to_string());
+    }
+    for socket in [&mut socket_b, &mut second_device, &mut socket_a] {
+        assert_silent(socket, Duration::from_millis(500)).await;
+    }
+    assert!(metric(&replica_a, "hub_connections", &["transport=\"ws\""]).await >= 2.0);
+}
+
+#[tokio::test]
+async fn a_re_emitted_notification_is_delivered_once() {
+    let env = TestEnv::new();
+    let replica = spawn_replica(&env).await;
+    let publisher = Publisher::new(&env).await;
+    let user = Uuid::now_v7();
+    let mut socket = ws_connect(&replica, &env.access_token(user), "").await;
+
+    let repeated = notification(user);
+    let event = publisher.publish(std::slice::from_ref(&repeated)).await;
+    // The same event redelivered, and the same notification in a new event.
+    publisher.publish_event(&event).await;
+    publisher.publish(std::slice::from_ref(&repeated)).await;
+    let last = notification(user);
+    publisher.publish(std::slice::from_ref(&last)).await;
+
+    assert_eq!(
+        next_notification(&mut socket).await["data"]["_id"],
+        repeated.id
+    );
+    assert_eq!(next_notification(&mut socket).await["data"]["_id"], last.id);
+    assert_silent(&mut socket, Duration::from_millis(500)).await;
+}
+
+/// Orders `<ms>-<seq>` ids numerically ("" first).
+pub fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or(("0", "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}

@@ -1,0 +1,9 @@
+#![allow(clippy::unwrap_used)]
+//! The realtime hub against real Redis and RabbitMQ, with two replicas where it matters.
+
+mod auth;
+mod delivery;
+mod failover;
+mod helpers;
+mod resume;
+mod slow_clients;
