@@ -8,8 +8,9 @@
 //! Freshness: entries are stamped and ignored once older than the TTL (Redis 7.0 has no
 //! per-field expiry; the hash itself expires a TTL after its last write). The caller's own writes
 //! that change their feed (post, delete, follow, unfollow) drop their entries before the write's
-//! response is returned, so a user always sees their own changes. Other users' new posts show up
-//! within the TTL.
+//! response is returned, so a user always sees their own changes. A new or deleted post drops the
+//! cached feeds of the author's followers when its event arrives (`crate::feed_invalidation`);
+//! the TTL bounds whatever slips between the two.
 //!
 //! Redis trouble never fails a request: reads fall through to the posts service, writes are
 //! skipped, both with a log line.
@@ -100,10 +101,17 @@ impl FeedCache {
         }
     }
 
-    /// Drops every cached page of each of `users`.
+    /// Drops every cached page of each of `users`; failures are logged.
     pub async fn invalidate(&self, users: &[Uuid]) {
+        if let Err(error) = self.try_invalidate(users).await {
+            tracing::warn!(%error, "feed cache invalidation failed");
+        }
+    }
+
+    /// Drops every cached page of each of `users`.
+    pub async fn try_invalidate(&self, users: &[Uuid]) -> Result<(), String> {
         if users.is_empty() {
-            return;
+            return Ok(());
         }
         let keys: Vec<String> = users.iter().map(|u| self.key(*u)).collect();
         let mut redis = self.redis.clone();
@@ -111,9 +119,9 @@ impl FeedCache {
         command.arg(keys);
         let delete = command.query_async::<i64>(&mut redis);
         match tokio::time::timeout(CACHE_TIMEOUT, delete).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "feed cache invalidation failed"),
-            Err(_) => tracing::warn!("feed cache invalidation timed out"),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("Redis timed out".to_owned()),
         }
     }
 }

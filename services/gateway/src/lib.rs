@@ -4,7 +4,8 @@
 //! pooled connections; nothing else is (`/internal/*` and unknown paths are 404s here). Before
 //! forwarding, the gateway verifies the access token (services verify it again: they never
 //! trust the gateway) and spends one request of the caller's rate-limit budget in Redis. The home
-//! feed is cached per user for a few seconds. The gateway also serves the OpenAPI document and
+//! feed is cached per user for a few seconds, dropped on the user's own writes and, through a
+//! consumer of `post.created`/`post.deleted`, for the author's followers. The gateway also serves the OpenAPI document and
 //! Swagger UI, and its own `/health`, `/ready` and `/metrics`.
 //!
 //! A library (`build` returns a bound [`ServiceApp`]) with a thin `main.rs`, so the all-in-one
@@ -12,6 +13,7 @@
 
 pub mod config;
 mod feed_cache;
+mod feed_invalidation;
 mod openapi;
 mod proxy;
 mod rate_limit;
@@ -35,7 +37,8 @@ use axum::{
     routing::{MethodFilter, on},
 };
 use instaclone_shared::{
-    auth::{TokenError, TokenKind, TokenVerifier, bearer_token},
+    auth::{InternalToken, TokenError, TokenKind, TokenVerifier, bearer_token},
+    clients::UsersClient,
     config::Settings,
     db,
     health::{self, Dependency},
@@ -333,6 +336,25 @@ pub async fn build_with(
             gateway_settings.feed_cache_ttl,
         )
     });
+    // Followers' cached feeds are dropped on post events; that needs the users service's
+    // internal API, hence the service credential.
+    let feed_invalidation = match &feed_cache {
+        None => None,
+        Some(cache) => {
+            let token = settings.internal.token.clone().ok_or_else(|| {
+                StartupError::Config(
+                    "INTERNAL_TOKEN is required by the feed cache (or set FEED_CACHE_TTL_SECS=0)"
+                        .to_owned(),
+                )
+            })?;
+            let users = UsersClient::new(
+                &settings.services.users,
+                InternalToken::new(token),
+                settings.internal.request_timeout,
+            );
+            Some((cache.clone(), users))
+        }
+    };
     let cors = cors_layer(&gateway_settings.cors);
     let gateway = Gateway {
         verifier,
@@ -358,15 +380,30 @@ pub async fn build_with(
         // errors included, carries the CORS headers.
         router = router.layer(cors);
     }
-    ServiceApp::bind(
+    let mut app = ServiceApp::bind(
         SERVICE_NAME,
         settings.http.host,
         settings.http.gateway_port,
         router,
-        shutdown,
+        shutdown.clone(),
     )
-    .await
-    .map_err(StartupError::from)
+    .await?;
+    if let Some((cache, users)) = feed_invalidation {
+        app.spawn_task(instaclone_shared::amqp::run_consumer(
+            settings.amqp.clone(),
+            feed_cache_queue(&settings.amqp),
+            shutdown,
+            move |event| feed_invalidation::handle(event, cache.clone(), users.clone()),
+        ));
+    }
+    Ok(app)
+}
+
+/// The queue of post events the gateway consumes to drop followers' cached feeds.
+pub fn feed_cache_queue(
+    amqp: &instaclone_shared::config::AmqpSettings,
+) -> instaclone_shared::amqp::QueueSpec {
+    feed_invalidation::queue_spec(amqp)
 }
 
 /// Rewrites the body limit's `text/plain` 413 into the error envelope, keeping its headers.

@@ -1,11 +1,17 @@
 //! The home feed is cached per user; a user's own writes drop their cache; nobody is ever served
 //! another user's feed.
 
+use std::time::Duration;
+
 use axum::http::StatusCode;
 use instaclone_gateway::routes::Upstream;
+use instaclone_shared::{
+    amqp::{EventPublisher, declare_work_queue},
+    events::{EventEnvelope, PostCreated},
+};
 use uuid::Uuid;
 
-use crate::helpers::{json, spawn_app};
+use crate::helpers::{json, spawn_app, spawn_app_with, start_followers_service, test_settings};
 
 async fn feed(
     app: &crate::helpers::TestApp,
@@ -102,4 +108,64 @@ async fn failed_reads_are_not_cached() {
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     }
     assert_eq!(app.service(Upstream::Posts).hits(), 2);
+}
+
+#[tokio::test]
+async fn a_post_event_drops_the_cached_feeds_of_the_authors_followers() {
+    let (author, alice, carol, bob) = (
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+    );
+    let followers = start_followers_service(author, vec![alice, carol]).await;
+    let app = spawn_app_with(test_settings(), |settings| {
+        settings.services.users = followers.url.clone();
+    })
+    .await;
+    let tokens = [alice, carol, bob].map(|user| app.token(user));
+    for token in &tokens {
+        feed(&app, token, "").await;
+        assert_eq!(feed(&app, token, "").await.0, "HIT");
+    }
+
+    // Make sure the gateway's queue exists before publishing (the consumer may still be starting).
+    let (_connection, channel) = app.env.amqp_channel().await;
+    let settings = &app.env.settings.amqp;
+    declare_work_queue(
+        &channel,
+        settings,
+        &instaclone_gateway::feed_cache_queue(settings),
+    )
+    .await
+    .unwrap();
+    let created = PostCreated {
+        post_id: "65f0c0ffee0000000000abcd".to_owned(),
+        author_id: author,
+        caption: None,
+        media_url: "https://img.example/1.jpg".to_owned(),
+        created_at: chrono::Utc::now(),
+    };
+    EventPublisher::new(settings.clone())
+        .publish(&EventEnvelope::new("posts", &created).unwrap())
+        .await
+        .unwrap();
+
+    // Both followers' entries go (the second one is on the second page of followers).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    for token in &tokens[..2] {
+        loop {
+            let (cache, _) = feed(&app, token, "").await;
+            if cache == "MISS" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "follower's feed still cached"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(feed(&app, &tokens[2], "").await.0, "HIT", "not a follower");
+    assert!(followers.hits() >= 2, "followers were read page by page");
 }

@@ -207,3 +207,53 @@ pub fn assert_error_envelope(body: &Value, status: u16) {
     assert!(body["message"].is_string(), "{body}");
     assert!(body["error"].is_string(), "{body}");
 }
+
+/// A stand-in for the users service's internal follower list: `author`'s followers, one per
+/// page, so callers must follow the cursor.
+pub async fn start_followers_service(
+    author: uuid::Uuid,
+    followers: Vec<uuid::Uuid>,
+) -> EchoService {
+    use axum::extract::{Path, Query};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let router = Router::new().route(
+        "/internal/users/{id}/followers",
+        axum::routing::get(
+            move |Path(id): Path<uuid::Uuid>,
+                  Query(query): Query<BTreeMap<String, String>>,
+                  headers: axum::http::HeaderMap| {
+                let followers = followers.clone();
+                let counted = counted.clone();
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    if !headers.contains_key("x-internal-token") {
+                        return (StatusCode::UNAUTHORIZED, Json(json!({})));
+                    }
+                    if id != author {
+                        return (StatusCode::NOT_FOUND, Json(json!({"statusCode": 404, "message": "Not found", "error": "Not Found"})));
+                    }
+                    let index: usize = query.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
+                    let ids: Vec<_> = followers.get(index).into_iter().collect();
+                    let next = (index + 1 < followers.len()).then(|| (index + 1).to_string());
+                    (StatusCode::OK, Json(json!({"statusCode": 200, "data": {"ids": ids, "nextCursor": next}})))
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stopped.cancelled().await })
+            .await
+            .unwrap();
+    });
+    EchoService {
+        url,
+        hits,
+        _stop: stop.drop_guard(),
+    }
+}

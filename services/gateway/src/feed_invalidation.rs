@@ -1,0 +1,70 @@
+//! Dropping followers' cached feeds when a post appears or disappears (`post.created`,
+//! `post.deleted`), as the original did.
+//!
+//! Every gateway replica consumes one shared durable queue (competing consumers): the cache is
+//! in Redis, so one replica handling an event is enough. The author's followers are read in
+//! pages from the users service's internal API, each page's cache keys dropped with one `DEL`.
+//! `DEL` is idempotent, so a redelivered event does no harm. A follower reading between the post
+//! being stored and the event arriving may still get the older page: the TTL bounds that.
+
+use instaclone_shared::{
+    amqp::{HandlerError, QueueSpec},
+    clients::{ClientError, MAX_ID_PAGE, UsersClient},
+    config::AmqpSettings,
+    events::{EventEnvelope, PostCreated, PostDeleted, event_type},
+};
+use uuid::Uuid;
+
+use crate::feed_cache::FeedCache;
+
+/// The gateway's queue of post events (name under the deployment's queue prefix).
+pub fn queue_spec(amqp: &AmqpSettings) -> QueueSpec {
+    QueueSpec {
+        name: amqp.queue("gateway.feed-cache"),
+        routing_keys: vec![
+            event_type::POST_CREATED.to_owned(),
+            event_type::POST_DELETED.to_owned(),
+        ],
+        delivery_limit: 10,
+    }
+}
+
+/// Drops the cached feed of every follower of the event's author.
+#[tracing::instrument(skip_all, fields(event_id = %event.id, event_type = %event.event_type))]
+pub async fn handle(
+    event: EventEnvelope,
+    cache: FeedCache,
+    users: UsersClient,
+) -> Result<(), HandlerError> {
+    let permanent =
+        |e: instaclone_shared::events::EventError| HandlerError::Permanent(e.to_string());
+    let author: Uuid = match event.event_type.as_str() {
+        event_type::POST_CREATED => event.data::<PostCreated>().map_err(permanent)?.author_id,
+        event_type::POST_DELETED => event.data::<PostDeleted>().map_err(permanent)?.author_id,
+        _ => return Ok(()),
+    };
+    let mut cursor: Option<String> = None;
+    let mut dropped = 0usize;
+    loop {
+        let page = match users
+            .followers_page(author, cursor.as_deref(), MAX_ID_PAGE)
+            .await
+        {
+            Ok(page) => page,
+            // The author is gone: nobody follows them any more.
+            Err(ClientError::NotFound) => break,
+            Err(error) => return Err(HandlerError::Transient(error.to_string())),
+        };
+        cache
+            .try_invalidate(&page.ids)
+            .await
+            .map_err(HandlerError::Transient)?;
+        dropped += page.ids.len();
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    tracing::debug!(%author, followers = dropped, "dropped followers' cached feeds");
+    Ok(())
+}
