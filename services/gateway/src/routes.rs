@@ -58,8 +58,8 @@ pub enum Access {
     /// A valid access token, verified here before forwarding and again by the service;
     /// rate-limited per user.
     AccessToken,
-    /// Operational routes (health, readiness, metrics): no token and no rate limit, so probes
-    /// and scrapers are never throttled.
+    /// The gateway's own routes (health, readiness, metrics, the API docs): no token and no rate
+    /// limit, so probes and scrapers are never throttled, and static documents cost nothing.
     Operational,
 }
 
@@ -519,14 +519,14 @@ pub const PUBLIC_ROUTES: &[PublicRoute] = &[
         Method::GET,
         "/openapi.json",
         Target::Gateway,
-        Anonymous,
+        Operational,
         doc("This document", 200, Raw("application/json")),
     ),
     route(
         Method::GET,
         "/api",
         Target::Gateway,
-        Anonymous,
+        Operational,
         doc("Swagger UI for this document", 200, Raw("text/html")),
     ),
     route(
