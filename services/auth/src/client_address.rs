@@ -1,9 +1,10 @@
 //! Which address a request comes from, for the per-address login limit.
 //!
-//! By default it is the connecting peer, full stop: `X-Forwarded-For` is set by whoever sends the
-//! request, so trusting it would let an attacker pick a fresh address for every guess. When auth
-//! runs behind proxies (the gateway, a load balancer), list their addresses or networks in
-//! `AUTH_TRUSTED_PROXIES`; then, and only for requests whose peer is one of them,
+//! It is the connecting peer unless that peer is a trusted proxy: `X-Forwarded-For` is set by
+//! whoever sends the request, so trusting it from anyone would let an attacker pick a fresh
+//! address for every guess. The proxies in front of auth (the gateway, a load balancer) are
+//! listed in `AUTH_TRUSTED_PROXIES` (default: loopback, where the all-in-one gateway connects
+//! from); only for requests whose peer is one of them is
 //! `X-Forwarded-For` is read from the right (the entry the nearest proxy appended), skipping
 //! further trusted proxies, and the first address not among them is the client. Entries to its
 //! left were written by the client and are ignored.

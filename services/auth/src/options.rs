@@ -7,7 +7,7 @@
 //! | `AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT` | 10 | failed logins per account per window before 429 |
 //! | `AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS` | 30 | failed logins per client address per window |
 //! | `AUTH_LOGIN_WINDOW_SECS` | 900 | the sliding window of both limits |
-//! | `AUTH_TRUSTED_PROXIES` | empty | comma-separated addresses/CIDRs whose `X-Forwarded-For` is believed |
+//! | `AUTH_TRUSTED_PROXIES` | `127.0.0.0/8,::1` | comma-separated addresses/CIDRs whose `X-Forwarded-For` is believed; `none` for none |
 //! | `AUTH_MAX_CONCURRENT_HASHES` | CPU count | argon2 hashes running at once |
 
 use std::{fmt, str::FromStr, time::Duration};
@@ -32,9 +32,19 @@ impl Default for AuthOptions {
             argon2: Argon2Params::OWASP,
             max_concurrent_hashes: default_concurrent_hashes(),
             login_limits: LoginLimits::default(),
-            trusted_proxies: Vec::new(),
+            trusted_proxies: default_trusted_proxies(),
         }
     }
+}
+
+/// Loopback: the gateway of the all-in-one binary (and of a single-host deployment) connects
+/// from there, and appends the real client to `X-Forwarded-For`. Only a process on this host can
+/// be a loopback peer, so no remote client can use this to pick its own address.
+fn default_trusted_proxies() -> Vec<IpNetwork> {
+    ["127.0.0.0/8", "::1"]
+        .into_iter()
+        .filter_map(|network| IpNetwork::parse(network).ok())
+        .collect()
 }
 
 fn default_concurrent_hashes() -> usize {
@@ -77,7 +87,8 @@ impl AuthOptions {
             },
         };
         let trusted_proxies = match get("AUTH_TRUSTED_PROXIES") {
-            None => Vec::new(),
+            None => defaults.trusted_proxies,
+            Some(raw) if raw.trim().eq_ignore_ascii_case("none") => Vec::new(),
             Some(raw) => ClientAddressPolicy::parse_list(&raw)
                 .map_err(|e| format!("AUTH_TRUSTED_PROXIES: {e}"))?,
         };
@@ -126,7 +137,10 @@ mod tests {
     fn defaults_without_variables() {
         let o = options(&[]).unwrap();
         assert_eq!(o.login_limits, LoginLimits::default());
-        assert!(o.trusted_proxies.is_empty());
+        assert_eq!(o.trusted_proxies, default_trusted_proxies());
+        assert!(o.trusted_proxies[0].contains("127.0.0.1".parse().unwrap()));
+        let none = options(&[("AUTH_TRUSTED_PROXIES", "none")]).unwrap();
+        assert!(none.trusted_proxies.is_empty());
         assert_eq!(o.argon2, Argon2Params::OWASP);
     }
 

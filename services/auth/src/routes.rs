@@ -143,6 +143,7 @@ async fn login(
     let ticket = match state.limiter.admit(&email, address).await? {
         Admission::Admitted(ticket) => ticket,
         Admission::Limited { retry_after } => {
+            count_login("rate_limited");
             tracing::info!(%address, "login rate limited");
             return Err(AuthError::RateLimited {
                 retry_after_secs: retry_after_secs(retry_after),
@@ -152,6 +153,7 @@ async fn login(
 
     match check_credentials(&state, &email, password).await {
         Ok(Some(user)) => {
+            count_login("success");
             state.limiter.succeeded(ticket).await?;
             tracing::Span::current().record("user_id", tracing::field::display(user.id));
             let tokens = start_session(&state, user.id).await?;
@@ -159,6 +161,7 @@ async fn login(
         }
         // The ticket stays in the limiter: this failure counts.
         Ok(None) => {
+            count_login("invalid_credentials");
             tracing::info!(%address, "login failed");
             Err(AuthError::InvalidCredentials)
         }
@@ -170,6 +173,11 @@ async fn login(
             Err(error)
         }
     }
+}
+
+/// `auth_logins_total{outcome}`: a rise of `invalid_credentials` or `rate_limited` is guessing.
+fn count_login(outcome: &'static str) {
+    ::metrics::counter!("auth_logins_total", "outcome" => outcome).increment(1);
 }
 
 /// The user if `password` is theirs. Unknown emails take the same time as wrong passwords.
@@ -229,6 +237,7 @@ async fn refresh(
             refresh_token,
         })),
         Rotation::ReuseDetected => {
+            ::metrics::counter!("auth_refresh_reuse_detected_total").increment(1);
             tracing::warn!("refresh token reuse detected, session revoked");
             Err(AuthError::RefreshTokenReused)
         }
