@@ -4,7 +4,7 @@
 //! binary and the tests start it in-process. `build` runs the embedded migrations, then starts
 //! two background tasks beside the HTTP server: the outbox relay that publishes `user.followed`
 //! and `user.unfollowed`, and the consumer of `post.created`/`post.deleted` that keeps post
-//! counts.
+//! counts. A third, the [`janitor`], deletes old published outbox rows and consumed event ids.
 //!
 //! Public routes are in [`api`], service-to-service routes in [`internal`].
 
@@ -12,6 +12,7 @@ pub mod api;
 pub mod domain;
 pub mod error;
 pub mod internal;
+pub mod janitor;
 pub mod outbox;
 pub mod posts_count;
 pub mod store;
@@ -108,6 +109,7 @@ pub async fn build(
         relay_waker,
         shutdown.clone(),
     ));
+    app.spawn_task(janitor::run(pool.clone(), shutdown.clone()));
     let consumer_pool = pool;
     app.spawn_task(run_consumer(
         settings.amqp.clone(),

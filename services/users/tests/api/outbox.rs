@@ -143,3 +143,50 @@ async fn follows_succeed_while_rabbitmq_is_down_and_their_events_go_out_after() 
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn the_janitor_deletes_only_old_published_rows_and_old_event_ids() {
+    let app = crate::helpers::spawn_app().await;
+    let pool = app.db().await;
+    let ids: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::now_v7()).collect();
+    sqlx::query(
+        "INSERT INTO outbox (id, event, created_at, published_at) VALUES \
+         ($1, '{}', now() - interval '9 days', now() - interval '8 days'), \
+         ($2, '{}', now() - interval '2 days', now() - interval '1 day'), \
+         ($3, '{}', now() - interval '30 days', NULL)",
+    )
+    .bind(ids[0])
+    .bind(ids[1])
+    .bind(ids[2])
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO processed_events (id, processed_at) VALUES \
+         ($1, now() - interval '31 days'), ($2, now() - interval '1 day')",
+    )
+    .bind(ids[3])
+    .bind(ids[4])
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    instaclone_users::janitor::clean_once(&pool, &tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+
+    let outbox: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM outbox ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        outbox,
+        vec![ids[1], ids[2]],
+        "recent and still pending rows stay"
+    );
+    let processed: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM processed_events")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(processed, vec![ids[4]]);
+}
