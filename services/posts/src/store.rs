@@ -18,8 +18,9 @@
 //! with the relay cannot lose an event (the `$size: 0` condition fails when one was just pushed).
 //!
 //! Lists read the `{userId: 1, _id: -1}` index: one author's posts are one index range, and a
-//! feed over many authors is a merge of those ranges (`$in` + sort on `_id`), so a page costs
-//! about `limit` documents however many posts the store holds.
+//! feed over many authors is a merge of those ranges (`$in` + sort on `_id`, in chunks of at most
+//! [`AUTHORS_PER_QUERY`] authors), so a page costs about `limit` documents per chunk plus one
+//! index probe per author, however many posts the store holds.
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
@@ -45,6 +46,9 @@ use crate::{
 pub const POSTS_COLLECTION: &str = "posts";
 /// Name of the index every list query uses.
 pub const AUTHOR_TIMELINE_INDEX: &str = "userId_1__id_-1";
+/// Authors per feed query: below MongoDB's default `internalQueryMaxScansToExplode` (200), so
+/// each query is a bounded merge of index ranges (see [`PostStore::page_by_authors`]).
+pub const AUTHORS_PER_QUERY: usize = 150;
 /// Name of the partial index the outbox relay uses.
 pub const PENDING_EVENTS_INDEX: &str = "pendingSince_1_partial";
 
@@ -259,7 +263,36 @@ impl PostStore {
     }
 
     /// A page of the posts of `authors`, newest first (see [`PageRequest`]).
+    ///
+    /// MongoDB serves `userId $in [...]` sorted by `_id` with a merge of one index range per
+    /// author (`SORT_MERGE`, stopping after `limit` documents), but only up to
+    /// `internalQueryMaxScansToExplode` (200) ranges; past that it falls back to fetching every
+    /// post of those authors and sorting them. So a long author list is split into chunks of
+    /// [`AUTHORS_PER_QUERY`], each chunk gets its own bounded query (run concurrently), and the
+    /// chunks' pages are merged here. Each chunk returns its newest `limit` posts below the
+    /// cursor, so the newest `limit` of their union is exactly the page.
     pub async fn page_by_authors(
+        &self,
+        authors: &[Uuid],
+        page: PageRequest,
+    ) -> Result<Vec<PostView>, StoreError> {
+        if authors.len() <= AUTHORS_PER_QUERY {
+            return self.page_by_author_chunk(authors, page).await;
+        }
+        let pages = futures_util::future::try_join_all(
+            authors
+                .chunks(AUTHORS_PER_QUERY)
+                .map(|chunk| self.page_by_author_chunk(chunk, page)),
+        )
+        .await?;
+        let mut merged: Vec<PostView> = pages.into_iter().flatten().collect();
+        // ObjectId hex strings sort like the ObjectIds: same length, big-endian digits.
+        merged.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+        merged.truncate(usize::try_from(page.limit).unwrap_or(usize::MAX));
+        Ok(merged)
+    }
+
+    async fn page_by_author_chunk(
         &self,
         authors: &[Uuid],
         page: PageRequest,
@@ -282,9 +315,6 @@ impl PostStore {
             .projection(public_projection())
             .sort(doc! { "_id": -1 })
             .limit(i64::from(page.limit))
-            .hint(mongodb::options::Hint::Name(
-                AUTHOR_TIMELINE_INDEX.to_owned(),
-            ))
             .await?;
         let documents: Vec<Document> = cursor.try_collect().await?;
         documents.into_iter().map(decode_post).collect()

@@ -6,3 +6,4 @@ mod helpers;
 mod outbox;
 mod pagination;
 mod posts;
+mod store;

@@ -1,0 +1,400 @@
+//! Measures post creation and home-feed reads for a reader who follows many accounts.
+//!
+//! ```sh
+//! cargo run --release -p instaclone-posts --example feed_bench
+//! ```
+//!
+//! Runs the real posts and users services in-process on scratch databases (a `TestEnv`: its own
+//! MongoDB database, PostgreSQL database and RabbitMQ exchange, all dropped at the end), then:
+//!
+//! 1. registers a reader and `BENCH_FOLLOWED` (1,000) authors and makes the reader follow them
+//!    all through the users service's public API;
+//! 2. seeds posts directly into the posts collection (`insertMany` of 1,000) until
+//!    `BENCH_POSTS` (1,000,000) posts or `BENCH_SEED_SECS` (180 s), whichever comes first; the
+//!    authors are `BENCH_AUTHORS` (10,000) accounts of which the followed ones are a part, and
+//!    creation times are spread over a year;
+//! 3. creates posts through `POST /posts` for `BENCH_PHASE_SECS` with `BENCH_CONCURRENCY`
+//!    clients (outbox write included; the relay publishes to RabbitMQ meanwhile);
+//! 4. reads the reader's home feed (`GET /posts/feed?limit=20`, plus pages further down) for
+//!    `BENCH_PHASE_SECS` with `BENCH_CONCURRENCY` clients;
+//! 5. times the two halves of a feed read on their own: fetching the followed ids from the users
+//!    service, and the MongoDB query.
+//!
+//! It prints the store size actually reached next to every figure: nothing is extrapolated.
+#![allow(clippy::print_stdout)] // A benchmark reports on stdout.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use instaclone_posts::{
+    domain::PageRequest,
+    store::{POSTS_COLLECTION, PostStore},
+};
+use instaclone_shared::{
+    auth::InternalToken,
+    clients::{MAX_ID_PAGE, NewUser, UsersClient},
+    testing::TestEnv,
+};
+use mongodb::bson::{doc, oid::ObjectId};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn setting(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Ok(value) => value.parse().with_context(|| format!("{name}={value}")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Latency summary of one phase.
+struct Summary {
+    operations: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Summary {
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((self.latencies.len() as f64) * p).ceil() as usize;
+        self.latencies[rank.clamp(1, self.latencies.len()) - 1]
+    }
+
+    fn report(&self, what: &str) {
+        let per_second = self.operations as f64 / self.elapsed.as_secs_f64();
+        println!(
+            "{what}: {} in {:.1} s = {per_second:.1}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.operations,
+            self.elapsed.as_secs_f64(),
+            ms(self.percentile(0.50)),
+            ms(self.percentile(0.99)),
+            ms(self.latencies.last().copied().unwrap_or_default()),
+        );
+    }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Runs `operation` from `concurrency` tasks until `duration` has passed.
+async fn load<F, Fut>(
+    concurrency: usize,
+    duration: Duration,
+    operation: F,
+) -> anyhow::Result<Summary>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let operation = Arc::new(operation);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let operation = operation.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut n = 0;
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                operation(worker * 1_000_000 + n).await?;
+                latencies.push(began.elapsed());
+                n += 1;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Ok(Summary {
+        operations: latencies.len(),
+        elapsed,
+        latencies,
+    })
+}
+
+/// A random ObjectId whose timestamp lies within the past year.
+fn random_past_object_id(now_secs: u32) -> ObjectId {
+    let random = *Uuid::new_v4().as_bytes();
+    let back = u32::from_be_bytes([random[0], random[1], random[2], random[3]]) % (365 * 86_400);
+    let mut bytes = [0u8; 12];
+    bytes[..4].copy_from_slice(&(now_secs - back).to_be_bytes());
+    bytes[4..].copy_from_slice(&random[4..12]);
+    ObjectId::from_bytes(bytes)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let target_posts = setting("BENCH_POSTS", 1_000_000)?;
+    let seed_budget = Duration::from_secs(setting("BENCH_SEED_SECS", 180)?);
+    let followed_count = usize::try_from(setting("BENCH_FOLLOWED", 1_000)?)?;
+    let author_count = usize::try_from(setting("BENCH_AUTHORS", 10_000)?)?.max(followed_count);
+    let phase = Duration::from_secs(setting("BENCH_PHASE_SECS", 20)?);
+    let concurrency = usize::try_from(setting("BENCH_CONCURRENCY", 16)?)?;
+
+    let env = TestEnv::new();
+    let mut settings = env.settings.clone();
+    let shutdown = CancellationToken::new();
+    let users_app = instaclone_users::build(&settings, shutdown.clone()).await?;
+    let users_url = format!("http://{}", users_app.address());
+    tokio::spawn(users_app.run_until_stopped());
+    settings.services.users = users_url.clone();
+    let posts_app = instaclone_posts::build(&settings, shutdown.clone()).await?;
+    let posts_url = format!("http://{}", posts_app.address());
+    tokio::spawn(posts_app.run_until_stopped());
+    let token = InternalToken::new(
+        settings
+            .internal
+            .token
+            .clone()
+            .context("test env has a token")?,
+    );
+    let users = UsersClient::new(&users_url, token, Duration::from_secs(30));
+    let http = reqwest::Client::new();
+
+    // 1. The reader and the accounts they follow.
+    let started = Instant::now();
+    let new_user = |name: String| NewUser {
+        email: format!("{name}@bench.example.com"),
+        username: Some(name),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned(),
+    };
+    let reader = users.create_user(&new_user("reader".to_owned())).await?.id;
+    let reader_token = env.access_token(reader);
+    let mut followed = Vec::with_capacity(followed_count);
+    for chunk in (0..followed_count).collect::<Vec<_>>().chunks(32) {
+        let created = futures_util::future::join_all(
+            chunk
+                .iter()
+                .map(|n| users.create_user_owned(new_user(format!("author{n:05}")))),
+        )
+        .await;
+        for user in created {
+            followed.push(user?.id);
+        }
+    }
+    for chunk in followed.chunks(32) {
+        let results = futures_util::future::join_all(chunk.iter().map(|id| {
+            http.post(format!("{users_url}/users/follow"))
+                .bearer_auth(&reader_token)
+                .json(&json!({ "userIdToFollow": id }))
+                .send()
+        }))
+        .await;
+        for result in results {
+            let response = result?;
+            if !response.status().is_success() {
+                bail!("follow failed: {}", response.status());
+            }
+        }
+    }
+    let page = users.following_page(reader, None, MAX_ID_PAGE).await?;
+    println!(
+        "setup: reader follows {} accounts ({:.1} s)",
+        page.ids.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // 2. Seed the store directly.
+    let mongo = env.mongo(&settings.mongo.posts_database).await;
+    let store = PostStore::new(&mongo);
+    let mut authors = followed.clone();
+    authors.extend((followed_count..author_count).map(|_| Uuid::now_v7()));
+    let now_secs = u32::try_from(chrono::Utc::now().timestamp())?;
+    let started = Instant::now();
+    let mut seeded: u64 = 0;
+    const BATCH: u64 = 1_000;
+    const PARALLEL_BATCHES: u64 = 4;
+    while seeded < target_posts && started.elapsed() < seed_budget {
+        let batches = (0..PARALLEL_BATCHES)
+            .map(|b| {
+                let count = BATCH.min(target_posts.saturating_sub(seeded + b * BATCH));
+                let documents = (0..count)
+                    .map(|n| {
+                        let pick = usize::from(Uuid::new_v4().as_bytes()[0]) * 256
+                            + usize::from(Uuid::new_v4().as_bytes()[1]);
+                        let author = authors[pick % authors.len()];
+                        PostStore::seed_document(
+                            random_past_object_id(now_secs),
+                            author,
+                            &format!("seeded post {}", seeded + b * BATCH + n),
+                            "https://cdn.example.com/media/seed.jpg",
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                (count, documents)
+            })
+            .filter(|(count, _)| *count > 0)
+            .collect::<Vec<_>>();
+        let counts: u64 = batches.iter().map(|(count, _)| count).sum();
+        let inserts = batches
+            .into_iter()
+            .map(|(_, documents)| store.seed(documents));
+        for result in futures_util::future::join_all(inserts).await {
+            result?;
+        }
+        seeded += counts;
+    }
+    let seed_secs = started.elapsed().as_secs_f64();
+    let stored = mongo
+        .collection::<mongodb::bson::Document>(POSTS_COLLECTION)
+        .estimated_document_count()
+        .await?;
+    let followed_ids: Vec<String> = followed.iter().map(Uuid::to_string).collect();
+    let by_followed = mongo
+        .collection::<mongodb::bson::Document>(POSTS_COLLECTION)
+        .count_documents(doc! { "userId": { "$in": followed_ids } })
+        .await?;
+    println!(
+        "seed: {seeded} posts inserted directly in {seed_secs:.1} s = {:.0}/s (target {target_posts}, budget {} s); store holds {stored} posts, {by_followed} by followed accounts, from {author_count} authors",
+        seeded as f64 / seed_secs,
+        seed_budget.as_secs(),
+    );
+
+    // 3. Post creation through the API.
+    let create = {
+        let http = http.clone();
+        let url = format!("{posts_url}/posts");
+        let tokens: Arc<Vec<String>> =
+            Arc::new(followed.iter().map(|id| env.access_token(*id)).collect());
+        load(concurrency, phase, move |n| {
+            let request = http
+                .post(&url)
+                .bearer_auth(&tokens[n % tokens.len()])
+                .json(&json!({ "caption": format!("bench {n}"), "mediaUrl": "https://cdn.example.com/m.jpg" }));
+            async move {
+                let response = request.send().await?;
+                if response.status() != reqwest::StatusCode::CREATED {
+                    bail!("create: {}", response.status());
+                }
+                Ok(())
+            }
+        })
+        .await?
+    };
+    create.report(&format!("POST /posts ({concurrency} clients)"));
+
+    // 4. Home-feed reads through the API: the first page, and a page further down.
+    let first_page: Value = http
+        .get(format!("{posts_url}/posts/feed?limit=20"))
+        .bearer_auth(&reader_token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut cursor = first_page["data"][19]["_id"].as_str().map(str::to_owned);
+    for _ in 0..4 {
+        let Some(before) = cursor.clone() else { break };
+        let page: Value = http
+            .get(format!("{posts_url}/posts/feed?limit=20&before={before}"))
+            .bearer_auth(&reader_token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        cursor = page["data"][19]["_id"].as_str().map(str::to_owned);
+    }
+    for (label, query) in [
+        ("first page", "limit=20".to_owned()),
+        (
+            "sixth page",
+            format!("limit=20&before={}", cursor.clone().unwrap_or_default()),
+        ),
+    ] {
+        let http = http.clone();
+        let url = format!("{posts_url}/posts/feed?{query}");
+        let token = reader_token.clone();
+        let feed = load(concurrency, phase, move |_| {
+            let request = http.get(&url).bearer_auth(&token);
+            async move {
+                let response = request.send().await?;
+                if !response.status().is_success() {
+                    bail!("feed: {}", response.status());
+                }
+                let body: Value = response.json().await?;
+                if body["data"].as_array().is_none_or(Vec::is_empty) {
+                    bail!("empty feed page");
+                }
+                Ok(())
+            }
+        })
+        .await?;
+        feed.report(&format!(
+            "GET /posts/feed {label} ({concurrency} clients, {} followed, {stored}+ posts)",
+            followed.len()
+        ));
+    }
+
+    // 5. The two halves of a feed read, one at a time (no concurrency).
+    let graph = {
+        let users = users.clone();
+        load(1, phase / 2, move |_| {
+            let users = users.clone();
+            async move {
+                users.following_page(reader, None, MAX_ID_PAGE).await?;
+                Ok(())
+            }
+        })
+        .await?
+    };
+    graph.report("users service: followed ids (1 client)");
+    let mut feed_authors = followed.clone();
+    feed_authors.push(reader);
+    let feed_authors = Arc::new(feed_authors);
+    let query = {
+        let store = store.clone();
+        load(1, phase / 2, move |_| {
+            let store = store.clone();
+            let authors = feed_authors.clone();
+            async move {
+                let page = store
+                    .page_by_authors(&authors, PageRequest::parse(Some(20), None)?)
+                    .await?;
+                if page.len() != 20 {
+                    bail!("short page: {}", page.len());
+                }
+                Ok(())
+            }
+        })
+        .await?
+    };
+    query.report("MongoDB feed query alone, first page (1 client)");
+
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
+}
+
+/// `create_user` taking its argument by value, so a batch of futures owns its inputs.
+trait CreateOwned {
+    fn create_user_owned(
+        &self,
+        user: NewUser,
+    ) -> impl std::future::Future<
+        Output = Result<
+            instaclone_shared::clients::UserRecord,
+            instaclone_shared::clients::ClientError,
+        >,
+    >;
+}
+
+impl CreateOwned for UsersClient {
+    async fn create_user_owned(
+        &self,
+        user: NewUser,
+    ) -> Result<instaclone_shared::clients::UserRecord, instaclone_shared::clients::ClientError>
+    {
+        self.create_user(&user).await
+    }
+}
