@@ -2,7 +2,7 @@
 //!
 //! Starts the users service and the auth service in-process (release build, isolated
 //! `TestEnv`: fresh PostgreSQL database, Redis prefix, keys), registers a few accounts, then
-//! runs `--concurrency` client tasks that log in back to back for `--seconds`, and reports
+//! times one argon2id hash alone, then runs `--concurrency` client tasks that log in back to back for `--seconds`, and reports
 //! requests/s and latency percentiles; then the same for refresh (rotation only, no argon2).
 //! The login rate limit stays on (it runs on every login) with limits too high to trigger.
 //!
@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use instaclone_auth::{
     AuthOptions,
-    password::Argon2Params,
+    password::{Argon2Params, PasswordHasherPool},
     rate_limit::{Limit, LoginLimits},
 };
-use instaclone_shared::testing::TestEnv;
+use instaclone_shared::{config::Secret, testing::TestEnv};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -163,6 +163,18 @@ async fn main() -> anyhow::Result<()> {
         "argon2id m={memory_kib} KiB t={iterations} p={parallelism}; {hashes} concurrent hashes; \
          {} CPUs",
         std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get)
+    );
+
+    // The cost of one hash on an otherwise idle pool: the ceiling is CPUs / this.
+    let pool = PasswordHasherPool::new(params, 1).await?;
+    let samples = 10;
+    let started = Instant::now();
+    for _ in 0..samples {
+        pool.hash(Secret::new(PASSWORD.to_owned())).await?;
+    }
+    println!(
+        "one argon2id hash: {:.1} ms (mean of {samples}, sequential)",
+        started.elapsed().as_secs_f64() * 1000.0 / f64::from(samples)
     );
 
     let http = reqwest::Client::new();
