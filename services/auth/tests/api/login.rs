@@ -77,3 +77,32 @@ async fn invalid_login_bodies_are_400s() {
         assert!(reply.message().contains(mentions), "{body}: {}", reply.body);
     }
 }
+
+#[tokio::test]
+async fn login_outcomes_are_counted_in_metrics_and_ready_reports_redis() {
+    let app = spawn_app().await;
+    app.login("nobody@example.com", PASSWORD).await;
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"auth_logins_total{outcome="invalid_credentials"}"#),
+        "{metrics}"
+    );
+    let ready: serde_json::Value = app
+        .http
+        .get(format!("{}/ready", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["checks"]["redis"], "up", "{ready}");
+}

@@ -168,3 +168,33 @@ async fn invalid_registrations_are_400s_that_write_nothing() {
     // Nothing was written: x@example.com is still free.
     app.registered("x@example.com").await;
 }
+
+#[tokio::test]
+async fn a_down_users_service_is_a_503_not_a_500() {
+    let mut env = instaclone_shared::testing::TestEnv::new();
+    // Nothing listens on port 1.
+    env.settings.services.users = "http://127.0.0.1:1".to_owned();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let auth = instaclone_auth::build_with_options(
+        &env.settings,
+        instaclone_auth::AuthOptions::default(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let address = format!("http://127.0.0.1:{}", auth.port());
+    tokio::spawn(auth.run_until_stopped());
+    let http = reqwest::Client::new();
+    for path in ["/auth/register", "/auth/login"] {
+        let response = http
+            .post(format!("{address}{path}"))
+            .json(&json!({ "email": "ada@example.com", "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["statusCode"], 503);
+    }
+    shutdown.cancel();
+}
