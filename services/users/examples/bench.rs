@@ -102,7 +102,7 @@ async fn main() {
     // --- Follow throughput -------------------------------------------------------------------
     let users: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO users (id, email, username, password_hash) \
-         SELECT gen_random_uuid(), 'b' || n || '@example.com', 'b' || n, 'h' \
+         SELECT gen_random_uuid(), 'bench' || n || '@example.com', 'bench' || n, 'h' \
          FROM generate_series(1, $1) n RETURNING id",
     )
     .bind(i64::try_from(options.users).unwrap())

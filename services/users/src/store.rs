@@ -1,8 +1,8 @@
 //! Every PostgreSQL statement of the service, as runtime-checked queries (`query_as` with
 //! `FromRow` rows), so the crate builds without a database.
 //!
-//! Follow changes, their counters and their outbox event are written in one transaction; the
-//! two counter rows are always locked in id order, so opposite follows between the same two users
+//! Follow changes, their counters and their outbox event are written in one transaction that
+//! first locks both users' rows in id order, so opposite follows between the same two users
 //! cannot deadlock. Pages are keyset pages over the follow row's UUID v7 id, served from the
 //! `(followed_id, id DESC)` / `(follower_id, id DESC)` indexes: a page costs the same for the
 //! first follower and the 100,000th.
@@ -209,11 +209,7 @@ impl Store {
             return Err(UsersError::SelfFollow);
         }
         let mut tx = self.pool.begin().await?;
-        let users: Vec<(Uuid, String)> =
-            sqlx::query_as("SELECT id, username FROM users WHERE id = ANY($1)")
-                .bind(vec![follower, followed])
-                .fetch_all(&mut *tx)
-                .await?;
+        let users = lock_pair(&mut tx, follower, followed).await?;
         let follower_username = users
             .iter()
             .find(|(id, _)| *id == follower)
@@ -258,6 +254,7 @@ impl Store {
             return Err(UsersError::SelfUnfollow);
         }
         let mut tx = self.pool.begin().await?;
+        lock_pair(&mut tx, follower, followed).await?;
         let edge = sqlx::query_as::<_, FollowRow>(
             "DELETE FROM follows WHERE follower_id = $1 AND followed_id = $2 \
              RETURNING id, follower_id, followed_id, created_at",
@@ -379,34 +376,41 @@ impl Store {
     }
 }
 
-/// Adds `delta` to the follower's following count and the followed user's followers count,
-/// locking the two rows in id order.
+/// Locks the two users' rows, in id order, and returns the ids and usernames of those that
+/// exist. Taking both locks up front in one order is what keeps A-follows-B and B-follows-A at
+/// the same moment from deadlocking on the counter updates.
+async fn lock_pair(
+    tx: &mut Transaction<'static, Postgres>,
+    follower: Uuid,
+    followed: Uuid,
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, username FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(vec![follower, followed])
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Adds `delta` to the follower's following count and the followed user's followers count
+/// (both rows are already locked by [`lock_pair`]).
 async fn adjust_counters(
     tx: &mut Transaction<'static, Postgres>,
     follower: Uuid,
     followed: Uuid,
     delta: i64,
 ) -> Result<(), sqlx::Error> {
-    let following = (
-        follower,
-        "UPDATE users SET following_count = following_count + $2 WHERE id = $1",
-    );
-    let followers = (
-        followed,
-        "UPDATE users SET followers_count = followers_count + $2 WHERE id = $1",
-    );
-    let ordered = if follower < followed {
-        [following, followers]
-    } else {
-        [followers, following]
-    };
-    for (id, statement) in ordered {
-        sqlx::query(statement)
-            .bind(id)
-            .bind(delta)
-            .execute(&mut **tx)
-            .await?;
-    }
+    sqlx::query(
+        "UPDATE users SET \
+             following_count = following_count + CASE WHEN id = $1 THEN $3 ELSE 0 END, \
+             followers_count = followers_count + CASE WHEN id = $2 THEN $3 ELSE 0 END \
+         WHERE id IN ($1, $2)",
+    )
+    .bind(follower)
+    .bind(followed)
+    .bind(delta)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
