@@ -82,6 +82,16 @@ async fn a_token_is_required() {
     }
     let (status, body) = app.get("/users/me", "not.a.jwt").await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED);
+    // Expired, and signed by another key.
+    let expired = app.env.access_token_expiring_in(id, -10);
+    let (status, body) = app.get("/users/me", &expired).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED);
+    let forged = instaclone_shared::testing::TestEnv::new().access_token(id);
+    let (status, body) = app.get("/users/me", &forged).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED);
+    // The token's own user still gets in.
+    let (status, _) = app.get("/users/me", &app.env.access_token(id)).await;
+    assert_eq!(status, StatusCode::OK);
     // A valid token of a user that does not exist: 404, not someone else's data.
     let ghost = app.env.access_token(Uuid::now_v7());
     let (status, body) = app.get("/users/me", &ghost).await;
