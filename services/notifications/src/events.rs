@@ -74,7 +74,8 @@ pub enum Outcome {
     Ignored,
     /// Handled completely before; nothing was done.
     AlreadyDone,
-    /// Handled now: `notifications` stored for it in total, `inserted` of them by this call.
+    /// Handled now: `notifications` recipients handled for it in total (see
+    /// [`EventProgress::stored`]), `inserted` of them newly stored by this call.
     Handled { notifications: u64, inserted: u64 },
 }
 

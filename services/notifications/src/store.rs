@@ -108,7 +108,7 @@ pub struct EventProgress {
     pub event_type: String,
     /// Follower cursor to continue a fan-out from; `None` means from the start.
     pub cursor: Option<String>,
-    /// Notifications stored (or found stored) so far.
+    /// Recipients handled so far (a page redone after an interruption counts again).
     pub stored: i64,
     pub completed: bool,
     pub updated_at: bson::DateTime,
