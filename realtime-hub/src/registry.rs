@@ -243,7 +243,10 @@ pub async fn run_pubsub(
                 dispatcher.dispatch(&message);
             }
         });
-        let mut ping = tokio::time::interval(PUBSUB_PING_INTERVAL);
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + PUBSUB_PING_INTERVAL,
+            PUBSUB_PING_INTERVAL,
+        );
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -256,7 +259,9 @@ pub async fn run_pubsub(
                     continue 'link;
                 }
                 _ = ping.tick() => {
-                    let pong = tokio::time::timeout(PUBSUB_PING_TIMEOUT, sink.ping::<String>()).await;
+                    // In subscribed mode PING answers `["pong", ""]`: any reply proves the link.
+                    let pong =
+                        tokio::time::timeout(PUBSUB_PING_TIMEOUT, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::warn!("Redis pub/sub link unresponsive; reconnecting");
                         dispatch.abort();

@@ -54,6 +54,11 @@ async fn a_notification_for_a_user_on_another_replica_arrives_exactly_once() {
         assert_silent(socket, Duration::from_millis(500)).await;
     }
     assert!(metric(&replica_a, "hub_connections", &["transport=\"ws\""]).await >= 2.0);
+    // A healthy pub/sub link is never torn down (no test breaks it on purpose).
+    assert_eq!(
+        metric(&replica_a, "hub_pubsub_reconnects_total", &[]).await,
+        0.0
+    );
 }
 
 #[tokio::test]
