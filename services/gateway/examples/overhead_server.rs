@@ -30,7 +30,11 @@ async fn main() -> anyhow::Result<()> {
     settings.jwt.private_key_pem = Some(Secret::new(keys.private_key_pem));
     settings.jwt.public_key_pem = Some(keys.public_key_pem);
     settings.internal.token = Some(generate_internal_token());
-    settings.redis.key_prefix = format!("bench:{}:", uuid::Uuid::new_v4().simple());
+    // Throwaway names, so nothing of a real deployment is touched and the queue goes away.
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    settings.redis.key_prefix = format!("bench:{run}:");
+    settings.amqp.queue_prefix = format!("bench.{run}.");
+    settings.amqp.queue_expires = Some(Duration::from_secs(60));
     settings.http.gateway_port = 0;
 
     let profile = json!({"statusCode": 200, "data": {

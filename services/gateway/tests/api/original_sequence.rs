@@ -196,12 +196,12 @@ async fn the_originals_request_sequence_works_through_the_gateway() {
         .call("GET", "/users/following", Some(&bob_token), None)
         .await;
     ok(status, &following, 200);
-    assert_eq!(ids(&following, "id"), [alice_id.clone()]);
+    assert_eq!(ids(&following, "id"), [alice_id.as_str()]);
     let (status, followers) = p
         .call("GET", "/users/followers", Some(&alice_token), None)
         .await;
     ok(status, &followers, 200);
-    assert_eq!(ids(&followers, "id"), [bob_id.clone()]);
+    assert_eq!(ids(&followers, "id"), [bob_id.as_str()]);
 
     // Bob's feed is read (and cached) after following, before Alice posts.
     let (status, feed) = p.call("GET", "/posts/feed", Some(&bob_token), None).await;
@@ -237,7 +237,7 @@ async fn the_originals_request_sequence_works_through_the_gateway() {
         )
         .await;
     ok(status, &theirs, 200);
-    assert_eq!(ids(&theirs, "_id"), [post_id.clone()]);
+    assert_eq!(ids(&theirs, "_id"), [post_id.as_str()]);
 
     // Notifications: Alice was followed, Bob got Alice's post.
     let alice_notes = p
