@@ -35,6 +35,14 @@ struct Cli {
 enum Command {
     /// Run the platform (the default).
     Run,
+    /// Rebuild notifications from the event log, from SINCE up to the log's current end (the
+    /// same as `instaclone-notifications replay`). Idempotent: handled events create nothing new.
+    /// Needs the `INTERNAL_TOKEN` the running users service uses.
+    Replay {
+        /// RFC 3339 time to start from, e.g. 2026-01-01T00:00:00Z.
+        #[arg(long)]
+        since: chrono::DateTime<chrono::Utc>,
+    },
     /// Write a fresh Ed25519 key pair for access tokens to DIR/jwt_private.pem and DIR/jwt_public.pem.
     Keygen {
         #[arg(long, default_value = "keys")]
@@ -73,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Keygen { out } => keygen(&out),
+        Command::Replay { since } => replay(since).await,
         Command::Run => {
             let parts = if cli.only.is_empty() {
                 ALL_PARTS.to_vec()
@@ -99,6 +108,23 @@ fn keygen(dir: &std::path::Path) -> anyhow::Result<()> {
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600))?;
     }
     eprintln!("wrote {} and {}", private.display(), public.display());
+    Ok(())
+}
+
+async fn replay(since: chrono::DateTime<chrono::Utc>) -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    telemetry::init(settings.log_format);
+    anyhow::ensure!(
+        settings.internal.token.is_some(),
+        "set INTERNAL_TOKEN to the credential the running users service uses"
+    );
+    let report = instaclone_notifications::replay_since(&settings, since).await?;
+    let mut stdout = std::io::stdout().lock();
+    std::io::Write::write_all(
+        &mut stdout,
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    std::io::Write::write_all(&mut stdout, b"\n")?;
     Ok(())
 }
 

@@ -134,3 +134,60 @@ async fn only_starts_the_chosen_parts() {
         assert!(answer.is_err(), "{absent} answered although not started");
     }
 }
+
+/// `instaclone replay` rebuilds notifications from the event log, once.
+#[tokio::test]
+async fn replay_rebuilds_notifications_from_the_event_log_idempotently() {
+    use instaclone_shared::{
+        amqp::EventPublisher,
+        events::{EventEnvelope, UserFollowed},
+    };
+    let env = TestEnv::new();
+    let since = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let event = EventEnvelope::new(
+        "test",
+        &UserFollowed {
+            follower_id: uuid::Uuid::now_v7(),
+            followed_id: uuid::Uuid::now_v7(),
+            follower_username: "ada".to_owned(),
+        },
+    )
+    .unwrap();
+    EventPublisher::new(env.settings.amqp.clone())
+        .publish(&event)
+        .await
+        .unwrap();
+
+    let replay = || {
+        let s = &env.settings;
+        let output = Command::new(env!("CARGO_BIN_EXE_instaclone"))
+            .args(["replay", "--since", &since.to_rfc3339()])
+            .env("USERS_DATABASE_URL", s.postgres.users_url.expose())
+            .env(
+                "NOTIFICATIONS_MONGODB_DATABASE",
+                &s.mongo.notifications_database,
+            )
+            .env("REDIS_KEY_PREFIX", &s.redis.key_prefix)
+            .env("EVENTS_EXCHANGE", &s.amqp.exchange)
+            .env("AMQP_QUEUE_PREFIX", &s.amqp.queue_prefix)
+            .env(
+                "INTERNAL_TOKEN",
+                s.internal.token.as_ref().unwrap().expose(),
+            )
+            .env("STARTUP_WAIT_SECS", "5")
+            .output()
+            .expect("run instaclone replay");
+        assert!(
+            output.status.success(),
+            "replay failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("replay report is JSON")
+    };
+    let first = replay();
+    assert_eq!(first["eventsHandled"], 1, "{first}");
+    assert_eq!(first["notificationsInserted"], 1, "{first}");
+    let second = replay();
+    assert_eq!(second["eventsAlreadyDone"], 1, "{second}");
+    assert_eq!(second["notificationsInserted"], 0, "{second}");
+}

@@ -1,5 +1,6 @@
 //! Tracing setup: human-readable lines in a terminal, JSON lines for collectors.
 //!
+//! Logs go to stderr, so commands that print results (`instaclone replay`) keep stdout clean.
 //! The filter comes from `RUST_LOG` (default `info`). Request ids (`x-request-id`) are recorded on
 //! each request's span by [`crate::http::request_id_layers`], so they appear on every line logged
 //! while the request is handled.
@@ -14,13 +15,16 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
-        LogFormat::Human => registry.with(fmt::layer().with_target(true)).try_init(),
+        LogFormat::Human => registry
+            .with(fmt::layer().with_target(true).with_writer(std::io::stderr))
+            .try_init(),
         LogFormat::Json => registry
             .with(
                 fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true),
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
             )
             .try_init(),
     };
