@@ -210,8 +210,9 @@ pub fn with_common_layers(router: Router, body_limit_bytes: usize) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
         })
-        .layer(axum::middleware::map_response(envelope_bare_errors))
         .layer(RequestBodyLimitLayer::new(body_limit_bytes))
+        // Outside the body limit, so its bare 413 (announced Content-Length) gets the envelope.
+        .layer(axum::middleware::map_response(envelope_bare_errors))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
@@ -231,20 +232,25 @@ pub fn with_common_layers(router: Router, body_limit_bytes: usize) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
 }
 
-/// Middleware below us (the body limit) answers with bare statuses; give them the envelope.
+/// Middleware and extractors outside our control (the body limit, WebSocket upgrade checks)
+/// answer errors with an empty or plain-text body; give them the error envelope.
 async fn envelope_bare_errors(response: Response) -> Response {
     let status = response.status();
-    let is_bare = response
+    let is_json = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
-        .is_none();
-    if is_bare && (status.is_client_error() || status.is_server_error()) {
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json && (status.is_client_error() || status.is_server_error()) {
         let message = match status {
             StatusCode::PAYLOAD_TOO_LARGE => "Request body is too large",
             _ => status.canonical_reason().unwrap_or("Error"),
         };
         let mut enveloped = error_response(status, message);
         for (name, value) in response.headers() {
+            if name == axum::http::header::CONTENT_LENGTH {
+                continue;
+            }
             enveloped.headers_mut().entry(name).or_insert(value.clone());
         }
         return enveloped;
@@ -319,10 +325,17 @@ mod tests {
     #[tokio::test]
     async fn oversized_body_is_a_413_in_the_envelope() {
         let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(200));
-        let (status, json, _) = send(post_json(&big)).await;
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(json["statusCode"], 413);
-        assert_eq!(json["error"], "Payload Too Large");
+        // Once found while reading the body, once refused up front from Content-Length.
+        let mut announced = post_json(&big);
+        announced
+            .headers_mut()
+            .insert("content-length", big.len().to_string().parse().unwrap());
+        for request in [post_json(&big), announced] {
+            let (status, json, _) = send(request).await;
+            assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+            assert_eq!(json["statusCode"], 413);
+            assert_eq!(json["error"], "Payload Too Large");
+        }
     }
 
     #[tokio::test]
