@@ -68,6 +68,43 @@ pub async fn connect(url: &str, source: IpAddr, token: Option<&str>) -> anyhow::
     Ok(socket)
 }
 
+/// Opens an SSE stream: a plain HTTP/1.1 GET on a socket from `source`, returned once the
+/// response head says 200 (the body then streams on the returned socket).
+pub async fn connect_sse(
+    url: &str,
+    source: IpAddr,
+    token: Option<&str>,
+) -> anyhow::Result<TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .context("SSE URL must start with http://")?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let server: SocketAddr = authority
+        .parse()
+        .context("SSE URL needs an ip:port authority")?;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let mut stream = socket.connect(server).await?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: text/event-stream\r\n{auth}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = [0_u8; 12];
+    stream.read_exact(&mut head).await?;
+    anyhow::ensure!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "SSE refused: {}",
+        String::from_utf8_lossy(&head)
+    );
+    Ok(stream)
+}
+
 /// Resident memory of process `pid` in KiB (`VmRSS` in `/proc/<pid>/status`).
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -39,6 +39,34 @@ pub struct Args {
     /// Do not send tokens (for the minimal broadcast server).
     #[arg(long)]
     no_auth: bool,
+    /// `ws`, or `sse` (then `--url` is the `http://ip:port/realtime/sse` URL).
+    #[arg(long, value_enum, default_value = "ws")]
+    transport: Transport,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Ws,
+    Sse,
+}
+
+enum Held {
+    Ws(Box<client::Socket>),
+    Sse(tokio::net::TcpStream),
+}
+
+impl Held {
+    /// Reads (answering WebSocket pings, consuming SSE heartbeats) until the server closes.
+    async fn read_until_closed(self) {
+        match self {
+            Self::Ws(mut socket) => while let Some(Ok(_)) = socket.next().await {},
+            Self::Sse(mut stream) => {
+                use tokio::io::AsyncReadExt;
+                let mut buffer = [0_u8; 512];
+                while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
+            }
+        }
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Value> {
@@ -67,14 +95,21 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             first_error.clone(),
         );
         let source = client::source_address(i, args.sources);
+        let transport = args.transport;
         handshakes.push(tokio::spawn(async move {
-            let connected = client::connect(&url, source, token.as_deref()).await;
+            let connected = match transport {
+                Transport::Ws => client::connect(&url, source, token.as_deref())
+                    .await
+                    .map(|socket| Held::Ws(Box::new(socket))),
+                Transport::Sse => client::connect_sse(&url, source, token.as_deref())
+                    .await
+                    .map(Held::Sse),
+            };
             drop(permit);
             match connected {
-                Ok(mut socket) => {
+                Ok(held) => {
                     task_open.fetch_add(1, Ordering::Relaxed);
-                    // Reading answers the server's pings; the loop ends when it closes.
-                    while let Some(Ok(_)) = socket.next().await {}
+                    held.read_until_closed().await;
                     task_open.fetch_sub(1, Ordering::Relaxed);
                 }
                 Err(error) => {
@@ -121,6 +156,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     Ok(json!({
         "scenario": "connections",
         "url": args.url,
+        "transport": match args.transport { Transport::Ws => "ws", Transport::Sse => "sse" },
         "requested": args.count,
         "sources": args.sources,
         "opened": opened,
