@@ -38,6 +38,8 @@ use crate::{
 /// How long a closing connection waits for its close frame (or last SSE event) to be written
 /// and, for WebSocket, the client's close reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Extra attempts at a failed replay read (100 ms, 200 ms, ... apart) before giving up with 1011.
+const REPLAY_RETRIES: u32 = 4;
 
 /// Where a connection starts.
 #[derive(Debug, Clone, Copy)]
@@ -344,9 +346,7 @@ async fn replay(
     let mut first_page = check_gap;
     loop {
         let after = delivered.last.unwrap_or(StreamId::ZERO);
-        let page = context
-            .store
-            .replay_page(user, after, first_page)
+        let page = with_retries(|| context.store.replay_page(user, after, first_page))
             .await
             .map_err(|error| {
                 tracing::warn!(%error, %user, "replay failed");
@@ -366,10 +366,12 @@ async fn replay(
             ReplayPage::Gap => {
                 // The head is read before the client hears "resync", so its reload covers
                 // everything up to it; later entries come live.
-                let head = context.store.head(user).await.map_err(|error| {
-                    tracing::warn!(%error, %user, "reading the stream head failed");
-                    CloseReason::ServerError
-                })?;
+                let head = with_retries(|| context.store.head(user))
+                    .await
+                    .map_err(|error| {
+                        tracing::warn!(%error, %user, "reading the stream head failed");
+                        CloseReason::ServerError
+                    })?;
                 telemetry::resync();
                 let message = ControlMessage::Resync {
                     reason: "history no longer retained",
@@ -380,6 +382,27 @@ async fn replay(
             }
         }
     }
+}
+
+/// Redis reads of a replay, retried briefly: right after an outage the first request on the
+/// self-reconnecting connection fails while it reconnects, and closing every client with 1011
+/// for that would be a needless reconnect storm.
+async fn with_retries<T, F, Fut>(mut attempt: F) -> redis::RedisResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..REPLAY_RETRIES {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    attempt().await
 }
 
 /// Runs a socket write unless the connection is stopped or the replica shuts down first.

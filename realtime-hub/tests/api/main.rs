@@ -5,5 +5,6 @@ mod auth;
 mod delivery;
 mod failover;
 mod helpers;
+mod pubsub_outage;
 mod resume;
 mod slow_clients;

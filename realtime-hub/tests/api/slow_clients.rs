@@ -39,8 +39,8 @@ async fn a_slow_client_is_cut_off_without_delaying_another() {
     // first few megabytes), while the fast client keeps reading.
     let padding = "x".repeat(32 * 1024);
     let mut rounds = 0;
-    while metric(&replica, "hub_disconnects_total", &["reason=\"too_slow\""]).await < 1.0 {
-        assert!(rounds < 400, "the slow client was never cut off");
+    while metric(&replica, "hub_drops_total", &["reason=\"queue_full\""]).await < 1.0 {
+        assert!(rounds < 600, "the slow client's queue never overflowed");
         for _ in 0..10 {
             let data = json!({ "round": rounds, "padding": padding });
             publisher
@@ -71,6 +71,12 @@ async fn a_slow_client_is_cut_off_without_delaying_another() {
     if let Some(code) = ended {
         assert_eq!(code, 4008);
     }
-    assert!(metric(&replica, "hub_disconnects_total", &["reason=\"too_slow\""]).await >= 1.0);
-    assert!(metric(&replica, "hub_drops_total", &["reason=\"queue_full\""]).await >= 1.0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&replica, "hub_disconnects_total", &["reason=\"too_slow\""]).await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no too_slow disconnect recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
