@@ -36,10 +36,9 @@ use instaclone_shared::{
     auth::{AuthUser, TokenKind, TokenVerifier, bearer_token},
     config::Settings,
     db::{self, redact_url},
-    health::{self, Dependency},
-    http::{ApiError, ApiQuery, Envelope, with_common_layers},
-    metrics,
-    server::{ServiceApp, StartupError},
+    health::Dependency,
+    http::{ApiError, ApiQuery, Envelope},
+    server::{ServiceApp, StartupError, service_router},
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -160,15 +159,13 @@ pub async fn build(
         .route("/realtime/ws", get(websocket))
         .route("/realtime/sse", get(server_sent_events))
         .with_state(state);
-    let router = Router::new()
-        .merge(realtime)
-        .merge(health::router(vec![
+    let router = service_router(
+        SERVICE_NAME,
+        Router::new().merge(realtime),
+        vec![
             Dependency::Redis(redis),
             Dependency::RabbitMq(settings.amqp.clone()),
-        ]))
-        .merge(metrics::router());
-    let router = with_common_layers(
-        metrics::with_request_metrics(router, SERVICE_NAME),
+        ],
         settings.http.body_limit_bytes,
     );
     let mut app = ServiceApp::bind(

@@ -280,6 +280,16 @@ impl InternalToken {
         Self(Arc::new(token))
     }
 
+    /// The configured credential; `needed_for` says in the startup error why a part needs it.
+    pub fn from_settings(
+        settings: &crate::config::InternalSettings,
+        needed_for: &str,
+    ) -> Result<Self, crate::server::StartupError> {
+        settings.token.clone().map(Self::new).ok_or_else(|| {
+            crate::server::StartupError::Config(format!("INTERNAL_TOKEN is not set; {needed_for}"))
+        })
+    }
+
     pub fn expose(&self) -> &str {
         self.0.expose()
     }

@@ -99,6 +99,20 @@ pub struct UsersClient {
 }
 
 impl UsersClient {
+    /// The users service of `settings`, with the service credential (required: `needed_for`
+    /// says in the startup error why the calling part needs it).
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        needed_for: &str,
+    ) -> Result<Self, crate::server::StartupError> {
+        let token = InternalToken::from_settings(&settings.internal, needed_for)?;
+        Ok(Self::new(
+            &settings.services.users,
+            token,
+            settings.internal.request_timeout,
+        ))
+    }
+
     pub fn new(base_url: &str, token: InternalToken, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
             .timeout(timeout)

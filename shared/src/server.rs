@@ -14,6 +14,23 @@ use tokio_util::sync::CancellationToken;
 /// How long background tasks get to finish after the listener has stopped.
 const TASK_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A part's complete router: its own routes plus `/health`, `/ready` (checking `dependencies`)
+/// and `/metrics`, with request metrics and the common layers of [`crate::http`].
+pub fn service_router(
+    name: &'static str,
+    routes: Router,
+    dependencies: Vec<crate::health::Dependency>,
+    body_limit_bytes: usize,
+) -> Router {
+    let router = routes
+        .merge(crate::health::router(dependencies))
+        .merge(crate::metrics::router());
+    crate::http::with_common_layers(
+        crate::metrics::with_request_metrics(router, name),
+        body_limit_bytes,
+    )
+}
+
 /// A bound, not yet serving, part of the platform.
 pub struct ServiceApp {
     name: &'static str,

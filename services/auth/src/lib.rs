@@ -22,14 +22,12 @@ pub mod sessions;
 use std::sync::Arc;
 
 use instaclone_shared::{
-    auth::{InternalToken, TokenIssuer, TokenVerifier},
+    auth::{TokenIssuer, TokenVerifier},
     clients::UsersClient,
     config::Settings,
     db,
-    health::{self, Dependency},
-    http::with_common_layers,
-    metrics,
-    server::{ServiceApp, StartupError},
+    health::Dependency,
+    server::{ServiceApp, StartupError, service_router},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -60,16 +58,7 @@ pub async fn build_with_options(
     // Fail at startup, not on the first request, when keys or credentials are missing.
     let verifier = TokenVerifier::from_settings(&settings.jwt)?;
     let issuer = TokenIssuer::from_settings(&settings.jwt)?;
-    let internal_token = settings.internal.token.clone().ok_or_else(|| {
-        StartupError::Config(
-            "INTERNAL_TOKEN is not set; auth needs it to call the users service".to_owned(),
-        )
-    })?;
-    let users = UsersClient::new(
-        &settings.services.users,
-        InternalToken::new(internal_token),
-        settings.internal.request_timeout,
-    );
+    let users = UsersClient::from_settings(settings, "auth needs it to call the users service")?;
     let passwords = PasswordHasherPool::new(options.argon2, options.max_concurrent_hashes)
         .await
         .map_err(|e| StartupError::Config(format!("argon2: {e}")))?;
@@ -83,12 +72,10 @@ pub async fn build_with_options(
         passwords,
         addresses: Arc::new(ClientAddressPolicy::new(options.trusted_proxies)),
     };
-    let router = axum::Router::new()
-        .merge(routes::router(state))
-        .merge(health::router(vec![Dependency::Redis(redis)]))
-        .merge(metrics::router());
-    let router = with_common_layers(
-        metrics::with_request_metrics(router, SERVICE_NAME),
+    let router = service_router(
+        SERVICE_NAME,
+        axum::Router::new().merge(routes::router(state)),
+        vec![Dependency::Redis(redis)],
         settings.http.body_limit_bytes,
     );
     ServiceApp::bind(

@@ -37,14 +37,13 @@ use axum::{
     routing::{MethodFilter, on},
 };
 use instaclone_shared::{
-    auth::{InternalToken, TokenError, TokenKind, TokenVerifier, bearer_token},
+    auth::{TokenError, TokenKind, TokenVerifier, bearer_token},
     clients::UsersClient,
     config::Settings,
     db,
-    health::{self, Dependency},
-    http::{ApiError, REQUEST_ID_HEADER, with_common_layers},
-    metrics,
-    server::{ServiceApp, StartupError},
+    health::Dependency,
+    http::{ApiError, REQUEST_ID_HEADER},
+    server::{ServiceApp, StartupError, service_router},
 };
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -341,17 +340,10 @@ pub async fn build_with(
     let feed_invalidation = match &feed_cache {
         None => None,
         Some(cache) => {
-            let token = settings.internal.token.clone().ok_or_else(|| {
-                StartupError::Config(
-                    "INTERNAL_TOKEN is required by the feed cache (or set FEED_CACHE_TTL_SECS=0)"
-                        .to_owned(),
-                )
-            })?;
-            let users = UsersClient::new(
-                &settings.services.users,
-                InternalToken::new(token),
-                settings.internal.request_timeout,
-            );
+            let users = UsersClient::from_settings(
+                settings,
+                "the feed cache needs it (or set FEED_CACHE_TTL_SECS=0)",
+            )?;
             Some((cache.clone(), users))
         }
     };
@@ -364,17 +356,12 @@ pub async fn build_with(
         settings: Arc::new(gateway_settings),
     };
 
-    let router = proxied_routes(gateway)?
-        .merge(openapi::router())
-        .merge(health::router(vec![Dependency::Redis(redis)]))
-        .merge(metrics::router());
-    let mut router = with_common_layers(
-        metrics::with_request_metrics(router, SERVICE_NAME),
+    let mut router = service_router(
+        SERVICE_NAME,
+        proxied_routes(gateway)?.merge(openapi::router()),
+        vec![Dependency::Redis(redis)],
         settings.http.body_limit_bytes,
     );
-    // shared's body limit answers an announced (Content-Length) oversize body in plain text,
-    // outside its own envelope middleware; clients of the original expect the envelope.
-    router = router.layer(axum::middleware::map_response(envelope_plain_413));
     if let Some(cors) = cors {
         // Outermost, so preflights are answered before anything else and every response,
         // errors included, carries the CORS headers.
@@ -404,25 +391,6 @@ pub fn feed_cache_queue(
     amqp: &instaclone_shared::config::AmqpSettings,
 ) -> instaclone_shared::amqp::QueueSpec {
     feed_invalidation::queue_spec(amqp)
-}
-
-/// Rewrites the body limit's `text/plain` 413 into the error envelope, keeping its headers.
-async fn envelope_plain_413(response: Response) -> Response {
-    let is_plain = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/plain"));
-    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || !is_plain {
-        return response;
-    }
-    let mut enveloped = GatewayError::BodyTooLarge.into_response();
-    for (name, value) in response.headers() {
-        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
-            enveloped.headers_mut().insert(name, value.clone());
-        }
-    }
-    enveloped
 }
 
 /// One route per forwarded entry of the table, each knowing its upstream and access rule.

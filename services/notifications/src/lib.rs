@@ -17,14 +17,12 @@ use std::sync::Arc;
 
 use instaclone_shared::{
     amqp::EventPublisher,
-    auth::{InternalToken, TokenVerifier},
+    auth::TokenVerifier,
     clients::UsersClient,
     config::Settings,
     db,
-    health::{self, Dependency},
-    http::with_common_layers,
-    metrics,
-    server::{ServiceApp, StartupError},
+    health::Dependency,
+    server::{ServiceApp, StartupError, service_router},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -42,15 +40,13 @@ pub async fn build(
     let verifier = TokenVerifier::from_settings(&settings.jwt)?;
     let (mongo, processor) = connect_processor(settings).await?;
     let store = NotificationStore::new(&mongo);
-    let router = axum::Router::new()
-        .merge(routes::router(AppState { store, verifier }))
-        .merge(health::router(vec![
+    let router = service_router(
+        SERVICE_NAME,
+        axum::Router::new().merge(routes::router(AppState { store, verifier })),
+        vec![
             Dependency::Mongo(mongo),
             Dependency::RabbitMq(settings.amqp.clone()),
-        ]))
-        .merge(metrics::router());
-    let router = with_common_layers(
-        metrics::with_request_metrics(router, SERVICE_NAME),
+        ],
         settings.http.body_limit_bytes,
     );
     let mut app = ServiceApp::bind(
@@ -74,18 +70,10 @@ pub async fn build(
 pub async fn connect_processor(
     settings: &Settings,
 ) -> Result<(mongodb::Database, EventProcessor), StartupError> {
-    let token = settings.internal.token.clone().ok_or_else(|| {
-        StartupError::Config(
-            "INTERNAL_TOKEN is not set: the notifications service needs it to read followers \
-             from the users service"
-                .to_owned(),
-        )
-    })?;
-    let users = UsersClient::new(
-        &settings.services.users,
-        InternalToken::new(token),
-        settings.internal.request_timeout,
-    );
+    let users = UsersClient::from_settings(
+        settings,
+        "the notifications service needs it to read followers from the users service",
+    )?;
     let mongo = db::connect_mongo(
         &settings.mongo.url,
         &settings.mongo.notifications_database,

@@ -14,15 +14,13 @@ pub mod store;
 
 use instaclone_shared::{
     amqp::EventPublisher,
-    auth::{InternalToken, TokenVerifier},
+    auth::TokenVerifier,
     clients::UsersClient,
     config::Settings,
     db,
-    health::{self, Dependency},
-    http::with_common_layers,
-    metrics,
+    health::Dependency,
     outbox::{RelayWaker, run_relay},
-    server::{ServiceApp, StartupError},
+    server::{ServiceApp, StartupError, service_router},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -38,17 +36,10 @@ pub async fn build(
 ) -> Result<ServiceApp, StartupError> {
     // Fail at startup, not on the first request, when the token keys are missing or invalid.
     let verifier = TokenVerifier::from_settings(&settings.jwt)?;
-    let internal_token = settings.internal.token.clone().ok_or_else(|| {
-        StartupError::Config(
-            "INTERNAL_TOKEN is not set: the posts service needs it to read the follow graph"
-                .to_owned(),
-        )
-    })?;
-    let users = UsersClient::new(
-        &settings.services.users,
-        InternalToken::new(internal_token),
-        settings.internal.request_timeout,
-    );
+    let users = UsersClient::from_settings(
+        settings,
+        "the posts service needs it to read the follow graph",
+    )?;
     let mongo = db::connect_mongo(
         &settings.mongo.url,
         &settings.mongo.posts_database,
@@ -68,14 +59,13 @@ pub async fn build(
         verifier,
         relay_waker: relay_waker.clone(),
     };
-    let router = routes::router(state)
-        .merge(health::router(vec![
+    let router = service_router(
+        SERVICE_NAME,
+        routes::router(state),
+        vec![
             Dependency::Mongo(mongo),
             Dependency::RabbitMq(settings.amqp.clone()),
-        ]))
-        .merge(metrics::router());
-    let router = with_common_layers(
-        metrics::with_request_metrics(router, SERVICE_NAME),
+        ],
         settings.http.body_limit_bytes,
     );
     let mut app = ServiceApp::bind(

@@ -24,11 +24,9 @@ use instaclone_shared::{
     auth::{InternalToken, TokenVerifier},
     config::Settings,
     db,
-    health::{self, Dependency},
-    http::with_common_layers,
-    metrics,
+    health::Dependency,
     outbox::{RelayWaker, run_relay},
-    server::{ServiceApp, StartupError},
+    server::{ServiceApp, StartupError, service_router},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -54,14 +52,10 @@ pub async fn build(
 ) -> Result<ServiceApp, StartupError> {
     // Fail at startup, not on the first request, when the token keys are missing or invalid.
     let verifier = TokenVerifier::from_settings(&settings.jwt)?;
-    let internal_token = settings
-        .internal
-        .token
-        .clone()
-        .map(InternalToken::new)
-        .ok_or_else(|| {
-            StartupError::Config("no service credential configured (set INTERNAL_TOKEN)".to_owned())
-        })?;
+    let internal_token = InternalToken::from_settings(
+        &settings.internal,
+        "other services call the users service's internal API with it",
+    )?;
     let pool = db::connect_postgres(
         &settings.postgres.users_url,
         settings.postgres.max_connections,
@@ -80,17 +74,16 @@ pub async fn build(
         internal_token,
         relay_waker: relay_waker.clone(),
     };
-    let router = axum::Router::new()
-        .merge(api::router())
-        .merge(internal::router())
-        .with_state(state)
-        .merge(health::router(vec![
+    let router = service_router(
+        SERVICE_NAME,
+        axum::Router::new()
+            .merge(api::router())
+            .merge(internal::router())
+            .with_state(state),
+        vec![
             Dependency::Postgres(pool.clone()),
             Dependency::RabbitMq(settings.amqp.clone()),
-        ]))
-        .merge(metrics::router());
-    let router = with_common_layers(
-        metrics::with_request_metrics(router, SERVICE_NAME),
+        ],
         settings.http.body_limit_bytes,
     );
     let mut app = ServiceApp::bind(
