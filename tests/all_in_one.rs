@@ -3,11 +3,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, like the tests, fail by panicking
 
+mod common;
+
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
+use common::{Running, free_port, instaclone};
 use instaclone_shared::testing::TestEnv;
 
 const PORT_VARS: [&str; 6] = [
@@ -19,41 +22,12 @@ const PORT_VARS: [&str; 6] = [
     "HUB_PORT",
 ];
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the binary against this test's isolated resources, on free ports.
 fn start(env: &TestEnv, only: Option<&str>) -> (Running, Vec<(&'static str, u16)>) {
-    let s = &env.settings;
     let ports: Vec<(&'static str, u16)> = PORT_VARS.iter().map(|v| (*v, free_port())).collect();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_instaclone"));
+    let mut command = instaclone(env);
     command
         .envs(ports.iter().map(|(k, v)| (*k, v.to_string())))
-        .env("USERS_DATABASE_URL", s.postgres.users_url.expose())
-        .env("POSTS_MONGODB_DATABASE", &s.mongo.posts_database)
-        .env(
-            "NOTIFICATIONS_MONGODB_DATABASE",
-            &s.mongo.notifications_database,
-        )
-        .env("REDIS_KEY_PREFIX", &s.redis.key_prefix)
-        .env("EVENTS_EXCHANGE", &s.amqp.exchange)
-        .env("AMQP_QUEUE_PREFIX", &s.amqp.queue_prefix)
-        .env("STARTUP_WAIT_SECS", "5")
-        .env("AMQP_QUEUE_EXPIRES_SECS", "300")
         .env_remove("JWT_PRIVATE_KEY")
         .env_remove("JWT_PUBLIC_KEY")
         .env_remove("JWT_PRIVATE_KEY_FILE")
@@ -159,22 +133,12 @@ async fn replay_rebuilds_notifications_from_the_event_log_idempotently() {
         .unwrap();
 
     let replay = || {
-        let s = &env.settings;
-        let output = Command::new(env!("CARGO_BIN_EXE_instaclone"))
+        let output = instaclone(&env)
             .args(["replay", "--since", &since.to_rfc3339()])
-            .env("USERS_DATABASE_URL", s.postgres.users_url.expose())
-            .env(
-                "NOTIFICATIONS_MONGODB_DATABASE",
-                &s.mongo.notifications_database,
-            )
-            .env("REDIS_KEY_PREFIX", &s.redis.key_prefix)
-            .env("EVENTS_EXCHANGE", &s.amqp.exchange)
-            .env("AMQP_QUEUE_PREFIX", &s.amqp.queue_prefix)
             .env(
                 "INTERNAL_TOKEN",
-                s.internal.token.as_ref().unwrap().expose(),
+                env.settings.internal.token.as_ref().unwrap().expose(),
             )
-            .env("STARTUP_WAIT_SECS", "5")
             .output()
             .expect("run instaclone replay");
         assert!(

@@ -9,10 +9,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, like the tests, fail by panicking
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+mod common;
+
+use std::{process::Stdio, time::Duration};
+
+use common::{Running, free_port, instaclone};
 
 use futures_util::{SinkExt, StreamExt};
 use instaclone_shared::testing::TestEnv;
@@ -21,27 +22,10 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Platform {
     gateway: String,
     hubs: [String; 2],
-    _processes: Vec<Process>,
+    _processes: Vec<Running>,
 }
 
 /// Starts every part plus a second hub replica, all on this test's isolated resources and one
@@ -58,19 +42,9 @@ async fn start_platform(env: &TestEnv) -> Platform {
     ];
     let second_hub_port = free_port();
     let base = |extra: &[(&str, String)]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_instaclone"));
+        let mut command = instaclone(env);
         command
             .envs(ports.iter().map(|(k, v)| (*k, v.to_string())))
-            .env("USERS_DATABASE_URL", s.postgres.users_url.expose())
-            .env("POSTS_MONGODB_DATABASE", &s.mongo.posts_database)
-            .env(
-                "NOTIFICATIONS_MONGODB_DATABASE",
-                &s.mongo.notifications_database,
-            )
-            .env("REDIS_KEY_PREFIX", &s.redis.key_prefix)
-            .env("EVENTS_EXCHANGE", &s.amqp.exchange)
-            .env("AMQP_QUEUE_PREFIX", &s.amqp.queue_prefix)
-            .env("AMQP_QUEUE_EXPIRES_SECS", "300")
             .env("STARTUP_WAIT_SECS", "10")
             .env(
                 "JWT_PRIVATE_KEY",
@@ -99,7 +73,7 @@ async fn start_platform(env: &TestEnv) -> Platform {
     let platform = Platform {
         gateway: url(ports[0].1),
         hubs: [url(ports[5].1), url(second_hub_port)],
-        _processes: vec![Process(all), Process(second_hub)],
+        _processes: vec![Running(all), Running(second_hub)],
     };
     let client = reqwest::Client::new();
     let mut every_part: Vec<String> = ports.iter().map(|(_, port)| url(*port)).collect();
