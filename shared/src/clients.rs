@@ -62,6 +62,52 @@ pub struct IdPage {
     pub next_cursor: Option<String>,
 }
 
+/// The pages of one of a user's id lists, [`MAX_ID_PAGE`] ids at a time, newest first, so a
+/// list of a million ids is streamed rather than loaded whole. A user the users service does not
+/// know has an empty list (they follow nobody and nobody follows them).
+#[derive(Debug)]
+pub struct IdPages<'a> {
+    client: &'a UsersClient,
+    id: Uuid,
+    list: &'static str,
+    cursor: Option<String>,
+    done: bool,
+}
+
+impl<'a> IdPages<'a> {
+    fn new(client: &'a UsersClient, id: Uuid, list: &'static str) -> Self {
+        Self {
+            client,
+            id,
+            list,
+            cursor: None,
+            done: false,
+        }
+    }
+
+    /// The next page, or `None` after the last one.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Uuid>>, ClientError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = match self
+            .client
+            .id_page(self.id, self.list, self.cursor.as_deref(), MAX_ID_PAGE)
+            .await
+        {
+            Ok(page) => page,
+            Err(ClientError::NotFound) => {
+                self.done = true;
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        };
+        self.cursor = page.next_cursor;
+        self.done = self.cursor.is_none();
+        Ok(Some(page.ids))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// 400: the request was invalid; the message says why.
@@ -163,6 +209,16 @@ impl UsersClient {
         limit: u32,
     ) -> Result<IdPage, ClientError> {
         self.id_page(id, "following", cursor, limit).await
+    }
+
+    /// Walks every page of `id`'s followers (see [`IdPages`]).
+    pub fn followers(&self, id: Uuid) -> IdPages<'_> {
+        IdPages::new(self, id, "followers")
+    }
+
+    /// Walks every page of the users `id` follows (see [`IdPages`]).
+    pub fn following(&self, id: Uuid) -> IdPages<'_> {
+        IdPages::new(self, id, "following")
     }
 
     async fn id_page(

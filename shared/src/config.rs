@@ -5,7 +5,7 @@
 //! wrapped in [`Secret`] so they never reach a log line through `Debug`. The README lists every
 //! variable; keep the two in step.
 
-use std::{fmt, net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{fmt, net::IpAddr, num::NonZeroUsize, path::PathBuf, str::FromStr, time::Duration};
 
 /// A value that must not be printed: `Debug` shows `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -76,6 +76,7 @@ pub struct Settings {
     pub internal: InternalSettings,
     pub services: ServiceUrls,
     pub hub: HubSettings,
+    pub timelines: TimelineSettings,
     pub log_format: LogFormat,
     /// How long a part waits for each backing service at startup.
     pub startup_wait: Duration,
@@ -180,6 +181,15 @@ pub struct HubSettings {
     pub ws_ping_interval: Duration,
     pub sse_heartbeat_interval: Duration,
     pub ticket_ttl: Duration,
+}
+
+/// Home timelines of the posts service (Redis, fan-out on write).
+#[derive(Debug, Clone)]
+pub struct TimelineSettings {
+    /// Post ids kept per reader; older pages are read from MongoDB.
+    pub capacity: NonZeroUsize,
+    /// A reader's timeline is dropped this long after their last feed read (rebuilt on return).
+    pub ttl: Duration,
 }
 
 /// Reads variables through a closure so tests can supply a map instead of the process env.
@@ -314,6 +324,13 @@ impl Settings {
                 ws_ping_interval: env.seconds("HUB_WS_PING_SECS", 25)?,
                 sse_heartbeat_interval: env.seconds("HUB_SSE_HEARTBEAT_SECS", 15)?,
                 ticket_ttl: env.seconds("HUB_TICKET_TTL_SECS", 30)?,
+            },
+            timelines: TimelineSettings {
+                capacity: env.parse(
+                    "FEED_TIMELINE_CAPACITY",
+                    NonZeroUsize::MIN.saturating_add(499),
+                )?,
+                ttl: env.seconds("FEED_TIMELINE_TTL_SECS", 3 * 24 * 3600)?,
             },
             log_format: env.parse("LOG_FORMAT", LogFormat::Human)?,
             startup_wait: env.seconds("STARTUP_WAIT_SECS", 60)?,

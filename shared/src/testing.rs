@@ -296,8 +296,17 @@ impl TcpProxy {
 
     /// A proxy in front of this environment's RabbitMQ; returns it and the AMQP URL through it.
     pub async fn for_rabbitmq(settings: &Settings) -> (Self, Secret<String>) {
-        let url = settings.amqp.url.expose();
-        let upstream = host_port(url, 5672);
+        Self::in_front_of(settings.amqp.url.expose(), 5672).await
+    }
+
+    /// A proxy in front of this environment's Redis; returns it and the Redis URL through it.
+    pub async fn for_redis(settings: &Settings) -> (Self, Secret<String>) {
+        Self::in_front_of(settings.redis.url.expose(), 6379).await
+    }
+
+    /// A proxy to the server of `url`, and `url` rewritten to go through it.
+    async fn in_front_of(url: &str, default_port: u16) -> (Self, Secret<String>) {
+        let upstream = host_port(url, default_port);
         let proxy = Self::start(&upstream).await;
         let through = url.replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
         (proxy, Secret::new(through))

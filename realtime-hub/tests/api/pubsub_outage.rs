@@ -1,10 +1,7 @@
 //! A replica whose Redis link drops while its clients stay connected: notifications published
 //! meanwhile (by the other replica) reach those clients once the link is back, exactly once.
 
-use instaclone_shared::{
-    config::Secret,
-    testing::{TcpProxy, TestEnv},
-};
+use instaclone_shared::testing::{TcpProxy, TestEnv};
 use uuid::Uuid;
 
 use crate::{
@@ -20,23 +17,13 @@ async fn notifications_missed_during_a_pubsub_outage_are_caught_up() {
     let env = TestEnv::new();
     // Replica B talks to Redis directly; replica A through a proxy the test can cut.
     let replica_b = spawn_replica(&env).await;
-    let redis_url = env.settings.redis.url.expose().clone();
-    let upstream = redis_url
-        .trim_start_matches("redis://")
-        .split(['/', '?'])
-        .next()
-        .unwrap()
-        .rsplit('@')
-        .next()
-        .unwrap()
-        .to_owned();
-    let proxy = TcpProxy::start(&upstream).await;
+    let (proxy, redis_through_proxy) = TcpProxy::for_redis(&env.settings).await;
     let mut settings_a = TestEnv {
         settings: env.settings.clone(),
         issuer: env.issuer.clone(),
         id: env.id.clone(),
     };
-    settings_a.settings.redis.url = Secret::new(format!("redis://127.0.0.1:{}", proxy.port()));
+    settings_a.settings.redis.url = redis_through_proxy;
     let replica_a = spawn_replica(&settings_a).await;
     let publisher = Publisher::new(&env).await;
     let user = Uuid::now_v7();

@@ -9,7 +9,7 @@
 
 use instaclone_shared::{
     amqp::{HandlerError, QueueSpec},
-    clients::{ClientError, MAX_ID_PAGE, UsersClient},
+    clients::UsersClient,
     config::AmqpSettings,
     events::{EventEnvelope, PostCreated, PostDeleted, event_type},
 };
@@ -43,27 +43,18 @@ pub async fn handle(
         event_type::POST_DELETED => event.data::<PostDeleted>().map_err(permanent)?.author_id,
         _ => return Ok(()),
     };
-    let mut cursor: Option<String> = None;
+    let mut followers = users.followers(author);
     let mut dropped = 0usize;
-    loop {
-        let page = match users
-            .followers_page(author, cursor.as_deref(), MAX_ID_PAGE)
-            .await
-        {
-            Ok(page) => page,
-            // The author is gone: nobody follows them any more.
-            Err(ClientError::NotFound) => break,
-            Err(error) => return Err(HandlerError::Transient(error.to_string())),
-        };
+    while let Some(ids) = followers
+        .next_page()
+        .await
+        .map_err(|e| HandlerError::Transient(e.to_string()))?
+    {
         cache
-            .try_invalidate(&page.ids)
+            .try_invalidate(&ids)
             .await
             .map_err(HandlerError::Transient)?;
-        dropped += page.ids.len();
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
+        dropped += ids.len();
     }
     tracing::debug!(%author, followers = dropped, "dropped followers' cached feeds");
     Ok(())

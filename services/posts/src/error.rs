@@ -1,7 +1,7 @@
 //! The posts service's errors and how each one looks to a client.
 //!
 //! Client mistakes become 4xx with a message saying what is wrong; failures of MongoDB or of the
-//! users service become 5xx whose cause is logged and never shown.
+//! users service (or Redis, where the feed cannot fall back) become 5xx whose cause is logged and never shown.
 
 use instaclone_shared::{clients::ClientError, http::ApiError};
 
@@ -19,6 +19,8 @@ pub enum PostsError {
     Store(#[from] StoreError),
     #[error("follow graph: {0}")]
     FollowGraph(#[from] ClientError),
+    #[error("home timelines (Redis): {0}")]
+    Timeline(#[from] redis::RedisError),
 }
 
 /// A failure talking to MongoDB, or a stored document that does not have the expected shape.
@@ -44,7 +46,9 @@ impl From<PostsError> for ApiError {
                 tracing::error!(%error, "cannot read the follow graph");
                 ApiError::service_unavailable("The feed is temporarily unavailable")
             }
-            PostsError::Store(_) | PostsError::FollowGraph(_) => ApiError::internal(error),
+            PostsError::Store(_) | PostsError::FollowGraph(_) | PostsError::Timeline(_) => {
+                ApiError::internal(error)
+            }
         }
     }
 }

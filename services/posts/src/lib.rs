@@ -3,17 +3,20 @@
 //! A library (`build` returns a bound [`ServiceApp`]) with a thin `main.rs`, so the all-in-one
 //! binary and the tests start it in-process. Posts live in the service's own MongoDB database;
 //! `post.created` and `post.deleted` leave through an outbox kept inside each post document
-//! ([`store`]), published by the shared relay. The home feed is computed on read from the follow
-//! graph of the users service ([`feed`]).
+//! ([`store`]), published by the shared relay. Home feeds are read from per-reader timelines in
+//! Redis ([`timeline`], [`feed`]), kept in step by a consumer of post and follow events
+//! ([`events`]), with MongoDB and the users service's follow graph as the source of truth.
 
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod feed;
 pub mod routes;
 pub mod store;
+pub mod timeline;
 
 use instaclone_shared::{
-    amqp::EventPublisher,
+    amqp::{self, EventPublisher},
     auth::TokenVerifier,
     clients::UsersClient,
     config::Settings,
@@ -24,12 +27,17 @@ use instaclone_shared::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{feed::FollowGraph, routes::AppState, store::PostStore};
+use crate::{
+    feed::{FollowGraph, HomeFeed},
+    routes::AppState,
+    store::PostStore,
+    timeline::HomeTimelines,
+};
 
 pub const SERVICE_NAME: &str = "posts";
 
 /// Connects to the backing services, creates the indexes, binds the listener and spawns the
-/// outbox relay; serve with [`ServiceApp::run_until_stopped`].
+/// outbox relay and the timeline consumer; serve with [`ServiceApp::run_until_stopped`].
 pub async fn build(
     settings: &Settings,
     shutdown: CancellationToken,
@@ -52,10 +60,21 @@ pub async fn build(
         .await
         .map_err(|e| StartupError::Config(format!("cannot create the posts indexes: {e}")))?;
 
+    let redis = db::connect_redis(&settings.redis.url, settings.startup_wait).await?;
+    let feed = HomeFeed {
+        store: store.clone(),
+        graph: FollowGraph::new(users),
+        timelines: HomeTimelines::new(
+            redis.clone(),
+            &settings.redis.key_prefix,
+            settings.timelines.clone(),
+        ),
+    };
+
     let relay_waker = RelayWaker::default();
     let state = AppState {
         store: store.clone(),
-        graph: FollowGraph::new(users),
+        feed: feed.clone(),
         verifier,
         relay_waker: relay_waker.clone(),
     };
@@ -64,6 +83,7 @@ pub async fn build(
         routes::router(state),
         vec![
             Dependency::Mongo(mongo),
+            Dependency::Redis(redis),
             Dependency::RabbitMq(settings.amqp.clone()),
         ],
         settings.http.body_limit_bytes,
@@ -80,7 +100,16 @@ pub async fn build(
         store,
         EventPublisher::new(settings.amqp.clone()),
         relay_waker,
-        shutdown,
+        shutdown.clone(),
+    ));
+    app.spawn_task(amqp::run_consumer(
+        settings.amqp.clone(),
+        events::queue_spec(&settings.amqp),
+        shutdown.clone(),
+        move |event| {
+            let (feed, shutdown) = (feed.clone(), shutdown.clone());
+            async move { events::handle_until_done(&feed, &event, &shutdown).await }
+        },
     ));
     Ok(app)
 }

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::{
     domain::{Caption, MediaUrl, PageRequest, PostId, ValidationError},
     error::PostsError,
-    feed::{FollowGraph, home_feed_page},
+    feed::HomeFeed,
     store::{DeleteOutcome, PostStore, PostView},
 };
 
@@ -31,7 +31,7 @@ use crate::{
 #[derive(Clone)]
 pub struct AppState {
     pub store: PostStore,
-    pub graph: FollowGraph,
+    pub feed: HomeFeed,
     pub verifier: TokenVerifier,
     /// Wakes the outbox relay right after a write, so events do not wait for its next poll.
     pub relay_waker: RelayWaker,
@@ -92,6 +92,16 @@ async fn create_post(
         .await
         .map_err(PostsError::from)?;
     state.relay_waker.wake();
+    // The author sees their post in their own feed at once; `post.created` adds it again (a
+    // no-op) and to every follower's timeline.
+    if let Err(error) = state
+        .feed
+        .timelines
+        .add(&[user.id], std::slice::from_ref(&created.id))
+        .await
+    {
+        tracing::warn!(%error, "could not add the new post to its author's timeline");
+    }
     Ok(Envelope::created(created))
 }
 
@@ -173,6 +183,6 @@ async fn home_feed(
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Envelope<Vec<PostView>>, ApiError> {
     let page = query.parse().map_err(PostsError::from)?;
-    let posts = home_feed_page(&state.store, &state.graph, user.id, page).await?;
+    let posts = state.feed.page(user.id, page).await?;
     Ok(Envelope::ok(posts))
 }

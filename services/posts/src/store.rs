@@ -320,6 +320,53 @@ impl PostStore {
         documents.into_iter().map(decode_post).collect()
     }
 
+    /// The ids of `author`'s newest live posts, at or above `lowest` when given, newest first.
+    /// One range of the `{userId: 1, _id: -1}` index: the timelines' rebuild and follow backfill.
+    pub async fn newest_ids_by_author(
+        &self,
+        author: Uuid,
+        lowest: Option<ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<ObjectId>, StoreError> {
+        let mut filter = live();
+        filter.insert("userId", author.to_string());
+        if let Some(lowest) = lowest {
+            filter.insert("_id", doc! { "$gte": lowest });
+        }
+        let cursor = self
+            .posts
+            .find(filter)
+            .projection(doc! { "_id": 1 })
+            .sort(doc! { "_id": -1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await?;
+        let documents: Vec<Document> = cursor.try_collect().await?;
+        documents
+            .iter()
+            .map(|document| {
+                document
+                    .get_object_id("_id")
+                    .map_err(|e| StoreError::Decode(format!("post _id: {e}")))
+            })
+            .collect()
+    }
+
+    /// The live posts among `ids`, in no particular order (deleted and unknown ids are left out).
+    pub async fn live_posts_by_ids(&self, ids: &[ObjectId]) -> Result<Vec<PostView>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut filter = live();
+        filter.insert("_id", doc! { "$in": ids });
+        let cursor = self
+            .posts
+            .find(filter)
+            .projection(public_projection())
+            .await?;
+        let documents: Vec<Document> = cursor.try_collect().await?;
+        documents.into_iter().map(decode_post).collect()
+    }
+
     /// Inserts already-built post documents as they are (benchmark seeding only: they carry no
     /// pending events, as if their `post.created` had long been published).
     pub async fn seed(&self, documents: Vec<Document>) -> Result<(), StoreError> {

@@ -47,7 +47,11 @@ pub async fn spawn_app_with(env: TestEnv) -> TestApp {
 /// The posts service and, beside it, the real users service (PostgreSQL) it takes the follow
 /// graph from.
 pub async fn spawn_app_with_users() -> TestApp {
-    let mut env = TestEnv::new();
+    spawn_app_with_users_in(TestEnv::new()).await
+}
+
+/// [`spawn_app_with_users`] on an environment the test adjusted first.
+pub async fn spawn_app_with_users_in(mut env: TestEnv) -> TestApp {
     let shutdown = CancellationToken::new();
     let users = instaclone_users::build(&env.settings, shutdown.clone())
         .await
@@ -147,6 +151,66 @@ impl TestApp {
             .iter()
             .map(|post| post["_id"].as_str().unwrap().to_owned())
             .collect()
+    }
+
+    /// The ids of `path` once they equal `expected`: the feed follows follows, new posts of
+    /// followed accounts and rebuilt timelines through events, within milliseconds. Fails with
+    /// the last answer after 10 seconds.
+    pub async fn eventually_ids(&self, token: &str, path: &str, expected: &[String]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ids = self.list_ids(token, path).await;
+            if ids == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path}: still {ids:?}, expected {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The post ids in `reader`'s home timeline in Redis, newest first (empty without one).
+    pub async fn timeline_ids(&self, reader: Uuid) -> Vec<String> {
+        let key = format!(
+            "{}posts:timeline:{reader}",
+            self.env.settings.redis.key_prefix
+        );
+        redis::cmd("ZREVRANGEBYLEX")
+            .arg(key)
+            .arg("+")
+            .arg("-")
+            .query_async(&mut self.env.redis().await)
+            .await
+            .unwrap()
+    }
+
+    /// Waits (10 seconds at most) until `reader`'s Redis timeline holds exactly `expected`.
+    pub async fn eventually_timeline(&self, reader: Uuid, expected: &[String]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ids = self.timeline_ids(reader).await;
+            if ids == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timeline of {reader}: still {ids:?}, expected {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Drops `reader`'s home timeline, as a Redis restart would.
+    pub async fn forget_timeline(&self, reader: Uuid) {
+        let prefix = &self.env.settings.redis.key_prefix;
+        redis::cmd("DEL")
+            .arg(format!("{prefix}posts:timeline:{reader}"))
+            .arg(format!("{prefix}posts:timeline-floor:{reader}"))
+            .exec_async(&mut self.env.redis().await)
+            .await
+            .unwrap();
     }
 
     /// The raw posts collection, to check what is (not) stored.
