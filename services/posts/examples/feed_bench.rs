@@ -13,12 +13,17 @@
 //!    `BENCH_POSTS` (1,000,000) posts or `BENCH_SEED_SECS` (180 s), whichever comes first; the
 //!    authors are `BENCH_AUTHORS` (10,000) accounts of which the followed ones are a part, and
 //!    creation times are spread over a year;
-//! 3. creates posts through `POST /posts` for `BENCH_PHASE_SECS` with `BENCH_CONCURRENCY`
-//!    clients (outbox write included; the relay publishes to RabbitMQ meanwhile);
-//! 4. reads the reader's home feed (`GET /posts/feed?limit=20`, plus pages further down) for
-//!    `BENCH_PHASE_SECS` with `BENCH_CONCURRENCY` clients;
-//! 5. times the two halves of a feed read on their own: fetching the followed ids from the users
-//!    service, and the MongoDB query.
+//! 3. reads the reader's feed once: no home timeline exists yet (the posts were seeded, not
+//!    created), so this read rebuilds it from the newest posts of each followed account;
+//! 4. measures post-to-feed latency: one post at a time by a followed account, timed until it
+//!    is the first item of the reader's feed (`BENCH_VISIBILITY_SAMPLES`, 20);
+//! 5. creates posts through `POST /posts` for `BENCH_PHASE_SECS` with `BENCH_CONCURRENCY`
+//!    clients, as the followed accounts (outbox write included; the relay publishes and the
+//!    timeline consumer fans each post out meanwhile);
+//! 6. reads the reader's home feed (`GET /posts/feed?limit=20`, first page and sixth page, both
+//!    served by the timeline) for `BENCH_PHASE_SECS` with `BENCH_CONCURRENCY` clients;
+//! 7. reads a page below the timeline's floor (served by the fan-out-on-read MongoDB query)
+//!    `BENCH_DEEP_READS` (3) times, one at a time, and times the follow-graph call alone.
 //!
 //! It prints the store size actually reached next to every figure: nothing is extrapolated.
 #![allow(clippy::print_stdout)] // A benchmark reports on stdout.
@@ -29,10 +34,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use instaclone_posts::{
-    domain::PageRequest,
-    store::{POSTS_COLLECTION, PostStore},
-};
+use instaclone_posts::store::{POSTS_COLLECTION, PostStore};
 use instaclone_shared::{
     auth::InternalToken,
     clients::{MAX_ID_PAGE, NewUser, UsersClient},
@@ -142,6 +144,8 @@ async fn main() -> anyhow::Result<()> {
     let author_count = usize::try_from(setting("BENCH_AUTHORS", 10_000)?)?.max(followed_count);
     let phase = Duration::from_secs(setting("BENCH_PHASE_SECS", 20)?);
     let concurrency = usize::try_from(setting("BENCH_CONCURRENCY", 16)?)?;
+    let visibility_samples = setting("BENCH_VISIBILITY_SAMPLES", 20)?;
+    let deep_reads = setting("BENCH_DEEP_READS", 3)?;
 
     let env = TestEnv::new();
     let mut settings = env.settings.clone();
@@ -262,12 +266,69 @@ async fn main() -> anyhow::Result<()> {
         seed_budget.as_secs(),
     );
 
-    // 3. Post creation through the API.
+    // 3. The first feed read rebuilds the reader's timeline.
+    let started = Instant::now();
+    let first: Value = http
+        .get(format!("{posts_url}/posts/feed?limit=20"))
+        .bearer_auth(&reader_token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let rebuild = started.elapsed();
+    let mut redis = env.redis().await;
+    let prefix = &settings.redis.key_prefix;
+    let entries: u64 = redis::cmd("ZCARD")
+        .arg(format!("{prefix}posts:timeline:{reader}"))
+        .query_async(&mut redis)
+        .await?;
+    let floor: String = redis::cmd("GET")
+        .arg(format!("{prefix}posts:timeline-floor:{reader}"))
+        .query_async(&mut redis)
+        .await?;
+    println!(
+        "first feed read (rebuilds the timeline from {} sources): {:.1} ms, {} posts on the page; timeline holds {entries} ids, floor {floor}",
+        followed.len() + 1,
+        ms(rebuild),
+        first["data"].as_array().map_or(0, Vec::len),
+    );
+
+    // 4. Post-to-feed latency: how long until a new post by a followed account heads the feed.
+    let mut visibility = Vec::new();
+    for n in 0..visibility_samples {
+        let author = followed[usize::try_from(n)? % followed.len()];
+        visibility.push(
+            post_and_wait_until_in_feed(
+                &http,
+                &posts_url,
+                &env.access_token(author),
+                &reader_token,
+            )
+            .await?,
+        );
+    }
+    visibility.sort_unstable();
+    let visible = Summary {
+        operations: visibility.len(),
+        elapsed: visibility.iter().sum(),
+        latencies: visibility,
+    };
+    println!(
+        "post-to-feed: {} posts, from POST /posts to heading the follower's feed p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        visible.operations,
+        ms(visible.percentile(0.50)),
+        ms(visible.percentile(0.99)),
+        ms(visible.latencies.last().copied().unwrap_or_default()),
+    );
+
+    // 5. Post creation through the API.
     let create = {
         let http = http.clone();
         let url = format!("{posts_url}/posts");
+        // Authors drawn from all of them, as in the seeded store: a tenth are followed by the
+        // reader, so their posts are fanned out into the reader's timeline meanwhile.
         let tokens: Arc<Vec<String>> =
-            Arc::new(followed.iter().map(|id| env.access_token(*id)).collect());
+            Arc::new(authors.iter().map(|id| env.access_token(*id)).collect());
         load(concurrency, phase, move |n| {
             let request = http
                 .post(&url)
@@ -284,8 +345,22 @@ async fn main() -> anyhow::Result<()> {
         .await?
     };
     create.report(&format!("POST /posts ({concurrency} clients)"));
+    // Let the relay and the timeline consumer catch up before the reads: wait until a new post
+    // by a followed account heads the reader's feed.
+    let started = Instant::now();
+    let caught_up = post_and_wait_until_in_feed(
+        &http,
+        &posts_url,
+        &env.access_token(followed[0]),
+        &reader_token,
+    )
+    .await?;
+    println!(
+        "backlog: the relay and the timeline consumer caught up {:.1} s after the create phase ({caught_up:?} for the marker post)",
+        started.elapsed().as_secs_f64()
+    );
 
-    // 4. Home-feed reads through the API: the first page, and a page further down.
+    // 6. Home-feed reads through the API: the first page, and a page further down.
     let first_page: Value = http
         .get(format!("{posts_url}/posts/feed?limit=20"))
         .bearer_auth(&reader_token)
@@ -336,7 +411,32 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
-    // 5. The two halves of a feed read, one at a time (no concurrency).
+    // 7. A page below the timeline's floor comes from MongoDB (fan-out on read), and the
+    // follow-graph call every read makes.
+    let floor: String = redis::cmd("GET")
+        .arg(format!("{prefix}posts:timeline-floor:{reader}"))
+        .query_async(&mut redis)
+        .await?;
+    let mut deep = Vec::new();
+    for _ in 0..deep_reads {
+        let started = Instant::now();
+        let response = http
+            .get(format!("{posts_url}/posts/feed?limit=20&before={floor}"))
+            .bearer_auth(&reader_token)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("deep feed page: {}", response.status());
+        }
+        deep.push(started.elapsed());
+    }
+    deep.sort_unstable();
+    let deep = Summary {
+        operations: deep.len(),
+        elapsed: deep.iter().sum(),
+        latencies: deep,
+    };
+    deep.report("GET /posts/feed below the timeline floor, from MongoDB (1 client)");
     let graph = {
         let users = users.clone();
         load(1, phase / 2, move |_| {
@@ -349,31 +449,49 @@ async fn main() -> anyhow::Result<()> {
         .await?
     };
     graph.report("users service: followed ids (1 client)");
-    let mut feed_authors = followed.clone();
-    feed_authors.push(reader);
-    let feed_authors = Arc::new(feed_authors);
-    let query = {
-        let store = store.clone();
-        load(1, phase / 2, move |_| {
-            let store = store.clone();
-            let authors = feed_authors.clone();
-            async move {
-                let page = store
-                    .page_by_authors(&authors, PageRequest::parse(Some(20), None)?)
-                    .await?;
-                if page.len() != 20 {
-                    bail!("short page: {}", page.len());
-                }
-                Ok(())
-            }
-        })
-        .await?
-    };
-    query.report("MongoDB feed query alone, first page (1 client)");
 
     shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(())
+}
+
+/// Creates a post as `author_token` and returns how long until it heads the feed of
+/// `reader_token` (polled every 2 ms; fails after 60 s).
+async fn post_and_wait_until_in_feed(
+    http: &reqwest::Client,
+    posts_url: &str,
+    author_token: &str,
+    reader_token: &str,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let created: Value = http
+        .post(format!("{posts_url}/posts"))
+        .bearer_auth(author_token)
+        .json(&json!({ "caption": "visible?", "mediaUrl": "https://cdn.example.com/v.jpg" }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = created["data"]["_id"]
+        .as_str()
+        .context("created post id")?
+        .to_owned();
+    loop {
+        let page: Value = http
+            .get(format!("{posts_url}/posts/feed?limit=1"))
+            .bearer_auth(reader_token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if page["data"][0]["_id"].as_str() == Some(id.as_str()) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("post {id} not in the feed after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// `create_user` taking its argument by value, so a batch of futures owns its inputs.
