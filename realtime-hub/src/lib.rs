@@ -168,6 +168,9 @@ pub async fn build(
         ],
         settings.http.body_limit_bytes,
     );
+    let notification_queue = consumer::queue_spec(&settings.amqp);
+    amqp::declare_work_queue_at_startup(&settings.amqp, &notification_queue, settings.startup_wait)
+        .await?;
     let mut app = ServiceApp::bind(
         SERVICE_NAME,
         settings.http.host,
@@ -186,7 +189,7 @@ pub async fn build(
     let consumer_store = store;
     app.spawn_task(amqp::run_consumer(
         settings.amqp.clone(),
-        consumer::queue_spec(&settings.amqp),
+        notification_queue,
         shutdown.clone(),
         move |event| {
             let store = consumer_store.clone();

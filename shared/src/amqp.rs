@@ -27,7 +27,11 @@ use lapin::{
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::AmqpSettings, db::redact_url, events::EventEnvelope};
+use crate::{
+    config::AmqpSettings,
+    db::{ConnectError, redact_url, retry_startup},
+    events::EventEnvelope,
+};
 
 /// Queue (suffix) that keeps the event log: a stream bound to every routing key.
 pub const EVENT_LOG_QUEUE: &str = "events.log";
@@ -276,6 +280,27 @@ pub async fn declare_work_queue(
             .await?;
     }
     Ok(())
+}
+
+/// Declares the topology and `spec`'s queue once, waiting for RabbitMQ like every startup
+/// connection. A part calls it before it starts serving: an exchange drops what no queue is bound
+/// to yet, so a queue declared only when its consumer task first connects would miss whatever
+/// was published in between (the first events of a fresh deployment).
+pub async fn declare_work_queue_at_startup(
+    settings: &AmqpSettings,
+    spec: &QueueSpec,
+    max_wait: Duration,
+) -> Result<(), ConnectError> {
+    let address = redact_url(settings.url.expose());
+    retry_startup("RabbitMQ", &address, max_wait, || async {
+        let connection = connect(settings).await?;
+        let channel = connection.create_channel().await?;
+        declare_topology(&channel, settings).await?;
+        declare_work_queue(&channel, settings, spec).await?;
+        let _ = connection.close(200, "queue declared").await;
+        Ok::<(), lapin::Error>(())
+    })
+    .await
 }
 
 /// What went wrong handling one event.

@@ -367,6 +367,14 @@ pub async fn build_with(
         // errors included, carries the CORS headers.
         router = router.layer(cors);
     }
+    if feed_invalidation.is_some() {
+        instaclone_shared::amqp::declare_work_queue_at_startup(
+            &settings.amqp,
+            &feed_cache_queue(&settings.amqp),
+            settings.startup_wait,
+        )
+        .await?;
+    }
     let mut app = ServiceApp::bind(
         SERVICE_NAME,
         settings.http.host,

@@ -49,6 +49,12 @@ pub async fn build(
         ],
         settings.http.body_limit_bytes,
     );
+    instaclone_shared::amqp::declare_work_queue_at_startup(
+        &settings.amqp,
+        &events::queue_spec(&settings.amqp),
+        settings.startup_wait,
+    )
+    .await?;
     let mut app = ServiceApp::bind(
         SERVICE_NAME,
         settings.http.host,

@@ -71,6 +71,10 @@ pub async fn build(
         ),
     };
 
+    let timeline_queue = events::queue_spec(&settings.amqp);
+    amqp::declare_work_queue_at_startup(&settings.amqp, &timeline_queue, settings.startup_wait)
+        .await?;
+
     let relay_waker = RelayWaker::default();
     let state = AppState {
         store: store.clone(),
@@ -104,7 +108,7 @@ pub async fn build(
     ));
     app.spawn_task(amqp::run_consumer(
         settings.amqp.clone(),
-        events::queue_spec(&settings.amqp),
+        timeline_queue,
         shutdown.clone(),
         move |event| {
             let (feed, shutdown) = (feed.clone(), shutdown.clone());
