@@ -22,6 +22,15 @@
 //! [`AUTHORS_PER_QUERY`] authors), so a page costs about `limit` documents per chunk plus one
 //! index probe per author, however many posts the store holds.
 
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use instaclone_shared::{
@@ -112,6 +121,77 @@ pub enum DeleteOutcome {
 #[derive(Clone, Debug)]
 pub struct PostStore {
     posts: Collection<Document>,
+    outbox: Arc<OutboxTrail>,
+}
+
+/// How often the relay sweeps the whole backlog for documents it was not told about: written by
+/// another replica, or left pending by a process that died before its relay ran.
+pub const OUTBOX_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// Written-but-unrelayed documents remembered at most; past that the next round sweeps.
+const OUTBOX_HINTS_MAX: usize = 10_000;
+
+/// What this process knows about its own outbox: the documents it just gave a pending event
+/// (so the relay reads them by `_id`, not by a backlog query, which the test server can only
+/// answer with a collection scan) and which document each event the relay handed out lives in
+/// (so marking them published touches only those).
+#[derive(Debug)]
+struct OutboxTrail {
+    hints: Mutex<Vec<ObjectId>>,
+    /// Set when hints were dropped for lack of room: sweep on the next round.
+    overflowed: AtomicBool,
+    last_sweep: Mutex<Option<Instant>>,
+    handed_out: Mutex<HashMap<Uuid, ObjectId>>,
+}
+
+impl OutboxTrail {
+    fn new() -> Self {
+        Self {
+            hints: Mutex::new(Vec::new()),
+            overflowed: AtomicBool::new(false),
+            // The first round after a start sweeps: a previous process may have left a backlog.
+            last_sweep: Mutex::new(None),
+            handed_out: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn hint(&self, id: ObjectId) {
+        let mut hints = lock(&self.hints);
+        if hints.len() < OUTBOX_HINTS_MAX {
+            hints.push(id);
+        } else {
+            self.overflowed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The oldest `limit` hints. They stay until their documents are found settled.
+    fn peek_hints(&self, limit: usize) -> Vec<ObjectId> {
+        lock(&self.hints).iter().take(limit).copied().collect()
+    }
+
+    /// Forgets hints whose documents have nothing pending any more.
+    fn forget(&self, settled: &[ObjectId]) {
+        if !settled.is_empty() {
+            lock(&self.hints).retain(|id| !settled.contains(id));
+        }
+    }
+
+    /// Whether a sweep is due now; if so, it counts as done from now on.
+    fn sweep_due(&self) -> bool {
+        let mut last = lock(&self.last_sweep);
+        let due = self.overflowed.swap(false, Ordering::Relaxed)
+            || last.is_none_or(|at| at.elapsed() >= OUTBOX_SWEEP_INTERVAL);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain data; carry on.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Fields a read never returns: the outbox and the tombstone mark.
@@ -156,6 +236,7 @@ impl PostStore {
     pub fn new(database: &mongodb::Database) -> Self {
         Self {
             posts: database.collection(POSTS_COLLECTION),
+            outbox: Arc::new(OutboxTrail::new()),
         }
     }
 
@@ -223,6 +304,7 @@ impl PostStore {
             "pendingSince": stored_now,
         };
         self.posts.insert_one(document).await?;
+        self.outbox.hint(id);
         Ok(view)
     }
 
@@ -268,6 +350,7 @@ impl PostStore {
             // Deleted by a concurrent request between our read and our update.
             return Ok(DeleteOutcome::NotFound);
         }
+        self.outbox.hint(id.object_id());
         Ok(DeleteOutcome::Deleted(post))
     }
 
@@ -406,6 +489,8 @@ fn decode_post(document: Document) -> Result<PostView, StoreError> {
 /// Outbox fields of a document, read by the relay.
 #[derive(Debug, Deserialize)]
 struct PendingDocument {
+    #[serde(rename = "_id")]
+    id: ObjectId,
     #[serde(rename = "pendingEvents", default)]
     pending_events: Vec<Document>,
 }
@@ -413,49 +498,103 @@ struct PendingDocument {
 impl OutboxStore for PostStore {
     type Error = StoreError;
 
+    /// The hinted documents' events, read by `_id`; when there are none, the whole backlog (in
+    /// `pendingSince` order, through the partial index) every [`OUTBOX_SWEEP_INTERVAL`].
     async fn pending(&self, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
+        let hinted = self.outbox.peek_hints(limit);
+        let mut filter = with_pending_events();
+        if !hinted.is_empty() {
+            filter.insert("_id", doc! { "$in": &hinted });
+        } else if !self.outbox.sweep_due() {
+            return Ok(Vec::new());
+        }
         let cursor = self
             .posts
-            .find(with_pending_events())
+            .find(filter)
             .projection(doc! { "pendingEvents": 1 })
             .sort(doc! { "pendingSince": 1 })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .await?;
         let documents: Vec<Document> = cursor.try_collect().await?;
         let mut events = Vec::new();
-        for document in documents {
-            let pending: PendingDocument =
-                bson::from_document(document).map_err(|e| StoreError::Decode(e.to_string()))?;
-            for stored in pending.pending_events {
-                match event_from_pending(stored) {
-                    Ok(event) => events.push(event),
-                    // Cannot happen for documents this service wrote; never block the others.
-                    Err(error) => tracing::error!(%error, "skipping an unreadable pending event"),
+        // Left with an empty list by a process that stopped between `$pull` and settling.
+        let mut emptied = Vec::new();
+        {
+            let mut handed_out = lock(&self.outbox.handed_out);
+            handed_out.clear();
+            for document in documents {
+                let pending: PendingDocument =
+                    bson::from_document(document).map_err(|e| StoreError::Decode(e.to_string()))?;
+                if pending.pending_events.is_empty() {
+                    emptied.push(pending.id);
+                }
+                for stored in pending.pending_events {
+                    match event_from_pending(stored) {
+                        Ok(event) => {
+                            handed_out.insert(event.id, pending.id);
+                            events.push(event);
+                        }
+                        // Cannot happen for documents this service wrote; never block the others.
+                        Err(error) => {
+                            tracing::error!(%error, "skipping an unreadable pending event")
+                        }
+                    }
+                }
+                if events.len() >= limit {
+                    break;
                 }
             }
-            if events.len() >= limit {
-                break;
-            }
         }
+        self.settle(&emptied).await?;
+        // Hinted documents the query did not return were settled (by another replica's relay).
+        let returned: Vec<ObjectId> = lock(&self.outbox.handed_out).values().copied().collect();
+        let gone: Vec<ObjectId> = hinted
+            .into_iter()
+            .filter(|id| !returned.contains(id))
+            .collect();
+        self.outbox.forget(&gone);
         events.truncate(limit);
         Ok(events)
     }
 
     async fn mark_published(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        let documents: Vec<ObjectId> = {
+            let handed_out = lock(&self.outbox.handed_out);
+            let mut documents: Vec<ObjectId> = ids
+                .iter()
+                .filter_map(|id| handed_out.get(id).copied())
+                .collect();
+            documents.sort_unstable();
+            documents.dedup();
+            documents
+        };
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let mut filter = with_pending_events();
+        filter.insert("_id", doc! { "$in": &documents });
+        filter.insert("pendingEvents.id", doc! { "$in": &ids });
         self.posts
             .update_many(
-                {
-                    let mut filter = with_pending_events();
-                    filter.insert("pendingEvents.id", doc! { "$in": &ids });
-                    filter
-                },
+                filter,
                 doc! { "$pull": { "pendingEvents": { "id": { "$in": &ids } } } },
             )
             .await?;
-        // Each of these is conditional on the list being empty *now*, so an event pushed since
-        // the `$pull` (a delete right after the create was published) keeps its document pending.
+        // Their hints stay: the next `pending` finds which of them still hold an event (a
+        // delete may have pushed one since) and forgets the rest.
+        self.settle(&documents).await
+    }
+}
+
+impl PostStore {
+    /// Ends the outbox state of those `documents` whose pending list is empty: a live post loses
+    /// its outbox fields, a tombstone goes. Each write is conditional on the list being empty
+    /// *now*, so an event pushed since the `$pull` (a delete right after the create was
+    /// published) keeps its document pending.
+    async fn settle(&self, documents: &[ObjectId]) -> Result<(), StoreError> {
+        if documents.is_empty() {
+            return Ok(());
+        }
         let mut settled = with_pending_events();
+        settled.insert("_id", doc! { "$in": documents });
         settled.insert("pendingEvents", doc! { "$size": 0 });
         let mut settled_live = settled.clone();
         settled_live.extend(live());
