@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use instaclone_posts::store::{POSTS_COLLECTION, PostStore};
 use instaclone_shared::{
     events::{EventEnvelope, PostCreated, PostDeleted},
     testing::{TcpProxy, TestEnv},
@@ -10,8 +11,9 @@ use lapin::{
     options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use mongodb::bson::doc;
+use mongodb::bson::{self, doc, oid::ObjectId};
 use reqwest::StatusCode;
+use uuid::Uuid;
 
 use crate::helpers::{spawn_app_with, user};
 
@@ -82,6 +84,25 @@ async fn events_written_while_the_broker_is_down_are_published_once_it_is_back()
     assert_eq!(created.post_id, first_id);
     assert_eq!(created.author_id, author);
     assert_eq!(created.caption.as_deref(), Some("while the broker is up"));
+    // Cut only once the broker has confirmed it (the relay then clears the document's outbox):
+    // the observer can see the event before the confirm, which waits for every bound queue
+    // (the quorum ones write it to disk first); a cut in between would, rightly, publish it
+    // again (at-least-once) and this test is about events written during the outage.
+    let posts = app.posts_collection().await;
+    let first_oid = ObjectId::parse_str(&first_id).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while posts
+        .count_documents(doc! { "_id": first_oid, "pendingSince": { "$exists": true } })
+        .await
+        .unwrap()
+        > 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first event never confirmed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     proxy.cut();
     let second = app.create_post(&token, "while the broker is down").await;
@@ -101,7 +122,6 @@ async fn events_written_while_the_broker_is_down_are_published_once_it_is_back()
         "nothing can get through the cut proxy"
     );
     // Both events wait inside their documents; the deleted post is a hidden tombstone.
-    let posts = app.posts_collection().await;
     let pending = posts
         .count_documents(doc! { "pendingEvents.0": { "$exists": true } })
         .await
@@ -152,4 +172,81 @@ async fn events_written_while_the_broker_is_down_are_published_once_it_is_back()
             .await
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn events_left_pending_by_a_stopped_process_are_published_by_the_next_one() {
+    let env = TestEnv::new();
+    let (_observer_connection, observer) = env.amqp_channel().await;
+    let queue = observer
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let queue = queue.name().to_string();
+    observer
+        .queue_bind(
+            &queue,
+            &env.settings.amqp.exchange,
+            "post.#",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    // A post whose process stopped before its relay ran: the document and its event, no hint
+    // in any living process.
+    let id = ObjectId::new();
+    let author = Uuid::now_v7();
+    let event = EventEnvelope::new(
+        "posts",
+        &PostCreated {
+            post_id: id.to_hex(),
+            author_id: author,
+            caption: Some("left pending".to_owned()),
+            media_url: "https://cdn.example.com/left.jpg".to_owned(),
+            created_at: chrono::Utc::now(),
+        },
+    )
+    .unwrap();
+    let mut document = PostStore::seed_document(
+        id,
+        author,
+        "left pending",
+        "https://cdn.example.com/left.jpg",
+    );
+    document.insert("pendingEvents", vec![bson::to_bson(&event).unwrap()]);
+    document.insert("pendingSince", bson::DateTime::now());
+    let posts = env
+        .mongo(&env.settings.mongo.posts_database)
+        .await
+        .collection::<bson::Document>(POSTS_COLLECTION);
+    posts.insert_one(document).await.unwrap();
+
+    // The next process's first relay round sweeps the backlog.
+    let _app = spawn_app_with(env).await;
+    let events = receive(&observer, &queue, 1, Duration::from_secs(15)).await;
+    assert_eq!(events.len(), 1, "the leftover event is published");
+    assert_eq!(events[0].id, event.id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while posts
+        .count_documents(doc! { "_id": id, "pendingSince": { "$exists": true } })
+        .await
+        .unwrap()
+        > 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "outbox fields not cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
