@@ -10,11 +10,17 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::client;
+use crate::{
+    client,
+    plot::{Chart, Series, XAxis},
+    progress,
+    report::{self, CpuWatch, Report},
+    stats::{self, Samples},
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -69,7 +75,7 @@ impl Held {
     }
 }
 
-pub async fn run(args: Args) -> anyhow::Result<Value> {
+pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
     let issuer = if args.no_auth {
         None
     } else {
@@ -80,6 +86,10 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let failed = Arc::new(AtomicUsize::new(0));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    // Per opened connection: handshake time (from the attempt) and when it opened.
+    let handshakes_done = Arc::new(std::sync::Mutex::new(Vec::<(Duration, f64)>::new()));
+    let bar = progress::bar(args.count as u64, "connecting");
+    let cpu = CpuWatch::start(watched);
     let started = Instant::now();
     let mut handshakes = Vec::with_capacity(args.count);
     for i in 0..args.count {
@@ -88,15 +98,17 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             Some(issuer) => Some(client::mint(issuer, Uuid::now_v7())?),
             None => None,
         };
-        let (url, task_open, task_failed, task_error) = (
+        let (url, task_open, task_failed, task_error, task_done) = (
             args.url.clone(),
             open.clone(),
             failed.clone(),
             first_error.clone(),
+            handshakes_done.clone(),
         );
         let source = client::source_address(i, args.sources);
         let transport = args.transport;
         handshakes.push(tokio::spawn(async move {
+            let attempt = Instant::now();
             let connected = match transport {
                 Transport::Ws => client::connect(&url, source, token.as_deref())
                     .await
@@ -109,6 +121,10 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             match connected {
                 Ok(held) => {
                     task_open.fetch_add(1, Ordering::Relaxed);
+                    let opened_at = started.elapsed();
+                    if let Ok(mut done) = task_done.lock() {
+                        done.push((attempt.elapsed(), opened_at.as_secs_f64()));
+                    }
                     held.read_until_closed().await;
                     task_open.fetch_sub(1, Ordering::Relaxed);
                 }
@@ -123,14 +139,13 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
                 }
             }
         }));
-        if (i + 1) % 1000 == 0 {
-            eprintln!(
-                "[{:>6.1}s] {} attempted, {} open, {} failed",
-                started.elapsed().as_secs_f64(),
-                i + 1,
+        bar.inc(1);
+        if (i + 1) % 100 == 0 {
+            bar.set_message(format!(
+                "{} open, {} failed",
                 open.load(Ordering::Relaxed),
                 failed.load(Ordering::Relaxed)
-            );
+            ));
         }
     }
     // Wait for the last handshakes.
@@ -139,9 +154,13 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         .await?;
     let connect_seconds = started.elapsed().as_secs_f64();
     let opened = open.load(Ordering::Relaxed);
-    eprintln!(
-        "all attempted in {connect_seconds:.1}s: {opened} open; holding {}s",
-        args.hold_secs
+    progress::finish(
+        &bar,
+        format!(
+            "{opened} open, {} failed; holding {}s",
+            failed.load(Ordering::Relaxed),
+            args.hold_secs
+        ),
     );
     tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
     let rss_after = args.pid.map(client::rss_kib).transpose()?;
@@ -153,7 +172,18 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         _ => None,
     };
     let error = first_error.lock().ok().and_then(|slot| slot.clone());
-    Ok(json!({
+    let cpu = cpu.finish();
+    let mut handshake = Samples::new();
+    let mut opened_at = Vec::new();
+    if let Ok(done) = handshakes_done.lock() {
+        for &(latency, at) in done.iter() {
+            handshake.record(latency);
+            opened_at.push(at);
+        }
+    }
+    let per_second = stats::per_second(opened_at, connect_seconds.ceil().max(1.0) as usize);
+    let handshake_summary = handshake.summary();
+    let json = json!({
         "scenario": "connections",
         "url": args.url,
         "transport": match args.transport { Transport::Ws => "ws", Transport::Sse => "sse" },
@@ -169,5 +199,48 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "serverRssBeforeKiB": rss_before,
         "serverRssAfterKiB": rss_after,
         "serverBytesPerConnection": per_connection_bytes,
-    }))
+        "handshakeMillis": handshake_summary,
+        "openedPerSecond": per_second,
+        "machine": cpu,
+    });
+    let description = vec![
+        format!(
+            "{} {} connections to {} from {} source addresses, {} handshakes at a time",
+            args.count,
+            json["transport"].as_str().unwrap_or("?"),
+            args.url,
+            args.sources,
+            args.concurrency
+        ),
+        format!(
+            "opened {opened}, failed {}, open after {} s idle {still_open}; server {} bytes per connection; handshake {}",
+            json["failed"],
+            args.hold_secs,
+            per_connection_bytes.map_or_else(|| "?".to_owned(), |b| b.to_string()),
+            report::short_summary(&handshake_summary)
+        ),
+        report::cpu_line(&json["machine"]),
+    ];
+    Ok(Report {
+        name: "connections".into(),
+        title: "connections: idle sockets held by one server".into(),
+        description,
+        charts: vec![
+            Chart {
+                title: "Handshake time by percentile (TCP connect + upgrade)".into(),
+                x_label: "percentile".into(),
+                y_label: "milliseconds".into(),
+                x_axis: XAxis::Percentile,
+                series: vec![Series::new("handshake", handshake.percentile_curve())],
+            },
+            Chart {
+                title: "Connections opened per second".into(),
+                x_label: "seconds since the first attempt".into(),
+                y_label: "connections per second".into(),
+                x_axis: XAxis::Linear,
+                series: vec![Series::new("opened", stats::series_points(&per_second))],
+            },
+        ],
+        json,
+    })
 }
