@@ -125,6 +125,37 @@ impl TestEnv {
     }
 
     /// A RabbitMQ channel (the events exchange and log declared) for publishing or inspecting.
+    /// An exclusive, auto-deleted queue on `channel` bound to this environment's exchange with
+    /// `routing_keys`: what a test watches to see which events were published. Returns its name.
+    pub async fn observer_queue(&self, channel: &lapin::Channel, routing_keys: &[&str]) -> String {
+        let queue = channel
+            .queue_declare(
+                "",
+                lapin::options::QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("declare an observer queue");
+        let name = queue.name().to_string();
+        for key in routing_keys {
+            channel
+                .queue_bind(
+                    &name,
+                    &self.settings.amqp.exchange,
+                    key,
+                    lapin::options::QueueBindOptions::default(),
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .expect("bind the observer queue");
+        }
+        name
+    }
+
     pub async fn amqp_channel(&self) -> (lapin::Connection, lapin::Channel) {
         let connection = crate::amqp::connect(&self.settings.amqp)
             .await

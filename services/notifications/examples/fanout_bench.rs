@@ -27,10 +27,7 @@ use instaclone_shared::{
     events::{EventEnvelope, NotificationCreated, PostCreated, UserFollowed, event_type},
     testing::TestEnv,
 };
-use lapin::{
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use lapin::{options::BasicConsumeOptions, types::FieldTable};
 use mongodb::bson::{Document, doc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -90,31 +87,12 @@ async fn run(followers: i64) {
     );
 
     // Everything the hub would receive.
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.name().as_str(),
-            &env.settings.amqp.exchange,
-            event_type::NOTIFICATION_CREATED,
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let queue = env
+        .observer_queue(&channel, &[event_type::NOTIFICATION_CREATED])
+        .await;
     let mut created = channel
         .basic_consume(
-            queue.name().as_str(),
+            &queue,
             "",
             BasicConsumeOptions {
                 no_ack: true,

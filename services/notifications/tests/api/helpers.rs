@@ -14,10 +14,7 @@ use instaclone_shared::{
 };
 use lapin::{
     BasicProperties,
-    options::{
-        BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueBindOptions,
-        QueueDeclareOptions,
-    },
+    options::{BasicConsumeOptions, BasicGetOptions, BasicPublishOptions},
     types::FieldTable,
 };
 use mongodb::bson::doc;
@@ -253,31 +250,13 @@ impl TestApp {
     /// Starts collecting every `notification.created` published from now on.
     pub async fn listen_for_created(&self) -> CreatedListener {
         let channel = &self.amqp.1;
-        let queue = channel
-            .queue_declare(
-                "",
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.name().as_str(),
-                &self.env.settings.amqp.exchange,
-                event_type::NOTIFICATION_CREATED,
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let queue = self
+            .env
+            .observer_queue(channel, &[event_type::NOTIFICATION_CREATED])
+            .await;
         let consumer = channel
             .basic_consume(
-                queue.name().as_str(),
+                &queue,
                 "",
                 BasicConsumeOptions {
                     no_ack: true,

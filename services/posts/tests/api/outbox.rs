@@ -7,10 +7,7 @@ use instaclone_shared::{
     events::{EventEnvelope, PostCreated, PostDeleted},
     testing::{TcpProxy, TestEnv},
 };
-use lapin::{
-    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use lapin::options::BasicGetOptions;
 use mongodb::bson::{self, doc, oid::ObjectId};
 use reqwest::StatusCode;
 use uuid::Uuid;
@@ -46,29 +43,7 @@ async fn events_written_while_the_broker_is_down_are_published_once_it_is_back()
     let mut env = TestEnv::new();
     // An observer on the real broker, bound before anything is published.
     let (_observer_connection, observer) = env.amqp_channel().await;
-    let queue = observer
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let queue = queue.name().as_str().to_owned();
-    observer
-        .queue_bind(
-            &queue,
-            &env.settings.amqp.exchange,
-            "post.#",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let queue = env.observer_queue(&observer, &["post.#"]).await;
 
     // The service reaches RabbitMQ only through a proxy the test can cut.
     let (proxy, through_proxy) = TcpProxy::for_rabbitmq(&env.settings).await;
@@ -178,29 +153,7 @@ async fn events_written_while_the_broker_is_down_are_published_once_it_is_back()
 async fn events_left_pending_by_a_stopped_process_are_published_by_the_next_one() {
     let env = TestEnv::new();
     let (_observer_connection, observer) = env.amqp_channel().await;
-    let queue = observer
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let queue = queue.name().to_string();
-    observer
-        .queue_bind(
-            &queue,
-            &env.settings.amqp.exchange,
-            "post.#",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let queue = env.observer_queue(&observer, &["post.#"]).await;
 
     // A post whose process stopped before its relay ran: the document and its event, no hint
     // in any living process.

@@ -7,10 +7,7 @@ use instaclone_shared::{
     events::{EventEnvelope, UserFollowed, UserUnfollowed},
     testing::{TcpProxy, TestEnv},
 };
-use lapin::{
-    options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use lapin::options::BasicGetOptions;
 use reqwest::StatusCode;
 
 use crate::helpers::spawn_app_with;
@@ -44,31 +41,9 @@ async fn follows_succeed_while_rabbitmq_is_down_and_their_events_go_out_after() 
     let env = TestEnv::new();
     // A queue on the real broker, bound to the follow events.
     let (_connection, channel) = env.amqp_channel().await;
-    let queue = env.settings.amqp.queue("test.follow-events");
-    channel
-        .queue_declare(
-            &queue,
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    for key in ["user.followed", "user.unfollowed"] {
-        channel
-            .queue_bind(
-                &queue,
-                &env.settings.amqp.exchange,
-                key,
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-    }
+    let queue = env
+        .observer_queue(&channel, &["user.followed", "user.unfollowed"])
+        .await;
 
     // The service reaches RabbitMQ only through the proxy, which is cut.
     let (proxy, through_proxy) = TcpProxy::for_rabbitmq(&env.settings).await;
