@@ -263,3 +263,17 @@ pub struct StackArgs {
     #[arg(long, default_value_t = 300)]
     pub settle_secs: u64,
 }
+
+impl StackArgs {
+    /// The open-loop schedule of `total` requests at `rate` per second under these limits (the
+    /// tail waits for the last ones a little longer than a request may take).
+    pub fn schedule(&self, rate: f64, total: u64) -> crate::open_loop::Schedule {
+        crate::open_loop::Schedule {
+            rate,
+            total,
+            max_in_flight: self.max_in_flight,
+            max_start_delay: Duration::from_millis(self.max_start_delay_ms),
+            tail: Duration::from_secs(self.timeout_secs + 5),
+        }
+    }
+}

@@ -46,8 +46,7 @@ use uuid::Uuid;
 
 use crate::{
     api::{self, Account, Api},
-    backlog, client,
-    open_loop::{self, Schedule},
+    backlog, client, open_loop,
     plot::{Chart, Series, XAxis},
     progress,
     report::{self, CpuWatch, Report},
@@ -530,13 +529,7 @@ async fn publish_to_stack(
     bar: &indicatif::ProgressBar,
 ) -> (Instant, HashMap<String, Sent>, PostStats) {
     let posters = Arc::new(posters);
-    let schedule = Schedule {
-        rate: args.rate,
-        total,
-        max_in_flight: args.stack.max_in_flight,
-        max_start_delay: Duration::from_millis(args.stack.max_start_delay_ms),
-        tail: Duration::from_secs(args.stack.timeout_secs + 5),
-    };
+    let schedule = args.stack.schedule(args.rate, total);
     let outcome = open_loop::run(schedule, bar, |k| {
         let (api, posters) = (api.clone(), posters.clone());
         async move {

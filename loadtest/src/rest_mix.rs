@@ -26,8 +26,7 @@ use serde_json::{Value, json};
 
 use crate::{
     api::{self, Account, Api},
-    backlog,
-    open_loop::{self, Schedule},
+    backlog, open_loop,
     plot::{Chart, Series, XAxis},
     progress,
     report::{self, CpuWatch, Report},
@@ -219,13 +218,7 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
             )
         })
         .collect();
-    let schedule = Schedule {
-        rate: args.rate,
-        total,
-        max_in_flight: args.stack.max_in_flight,
-        max_start_delay: Duration::from_millis(args.stack.max_start_delay_ms),
-        tail: Duration::from_secs(args.stack.timeout_secs + 5),
-    };
+    let schedule = args.stack.schedule(args.rate, total);
     let bar = progress::bar(total, "running");
     let cpu = CpuWatch::start(watched);
     let outcome = open_loop::run(schedule, &bar, |k| {
