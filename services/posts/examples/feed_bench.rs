@@ -34,7 +34,10 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use instaclone_posts::store::{POSTS_COLLECTION, PostStore};
+use instaclone_posts::{
+    store::{POSTS_COLLECTION, PostStore},
+    timeline::{HomeTimelines, TimelineWindow},
+};
 use instaclone_shared::{
     auth::InternalToken,
     clients::{MAX_ID_PAGE, NewUser, UsersClient},
@@ -276,16 +279,16 @@ async fn main() -> anyhow::Result<()> {
         .json()
         .await?;
     let rebuild = started.elapsed();
-    let mut redis = env.redis().await;
-    let prefix = &settings.redis.key_prefix;
-    let entries: u64 = redis::cmd("ZCARD")
-        .arg(format!("{prefix}posts:timeline:{reader}"))
-        .query_async(&mut redis)
-        .await?;
-    let floor: String = redis::cmd("GET")
-        .arg(format!("{prefix}posts:timeline-floor:{reader}"))
-        .query_async(&mut redis)
-        .await?;
+    let timelines = HomeTimelines::new(
+        env.redis().await,
+        &settings.redis.key_prefix,
+        settings.timelines.clone(),
+    );
+    let capacity = settings.timelines.capacity.get();
+    let (floor, entries) = match timelines.read(reader, None, capacity).await? {
+        TimelineWindow::Ids { floor, ids } => (floor, ids.len()),
+        TimelineWindow::Missing => bail!("the first read left no timeline"),
+    };
     println!(
         "first feed read (rebuilds the timeline from {} sources): {:.1} ms, {} posts on the page; timeline holds {entries} ids, floor {floor}",
         followed.len() + 1,
@@ -413,10 +416,10 @@ async fn main() -> anyhow::Result<()> {
 
     // 7. A page below the timeline's floor comes from MongoDB (fan-out on read), and the
     // follow-graph call every read makes.
-    let floor: String = redis::cmd("GET")
-        .arg(format!("{prefix}posts:timeline-floor:{reader}"))
-        .query_async(&mut redis)
-        .await?;
+    let floor = timelines
+        .floor(reader)
+        .await?
+        .context("the reader's timeline is gone")?;
     let mut deep = Vec::new();
     for _ in 0..deep_reads {
         let started = Instant::now();
