@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Makes the backing services answer on their standard local ports: PostgreSQL :5432, Redis :6379,
-# RabbitMQ :5672 and a MongoDB-wire server :27017 (SecantusDB, installed from PyPI when nothing
-# answers there). Starts only what is not running; safe to run any number of times.
+# RabbitMQ :5672 and a MongoDB-wire server :27017 (SecantusDB: its Rust server, built once from
+# crates.io, or its Python server from PyPI as a fallback). Starts only what is not running; safe
+# to run any number of times.
 set -euo pipefail
 
 MONGO_PORT="${MONGO_PORT:-27017}"
+# Which MongoDB-protocol server to start when none answers: `rs` (SecantusDB's Rust server,
+# built once with cargo; falls back to the Python one if that fails) or `py` (the Python one).
+MONGO_SERVER="${MONGO_SERVER:-rs}"
+SECANTUS_RS_VERSION="${SECANTUS_RS_VERSION:-0.5.3-beta.196}"
+SECANTUS_RS_ROOT="${SECANTUS_RS_ROOT:-/opt/secantus-rs}"
+SECANTUS_RS_CACHE="${SECANTUS_RS_CACHE:-2G}"
 SECANTUS_VERSION="${SECANTUS_VERSION:-0.7.0b3}"
 DATA_DIR="${INSTACLONE_DATA_DIR:-/var/lib/instaclone}"
 LOG_DIR="${INSTACLONE_LOG_DIR:-/var/log/instaclone}"
@@ -60,23 +67,73 @@ ensure_rabbitmq() {
   rabbitmqctl await_startup >/dev/null 2>&1 || true
 }
 
-ensure_mongo() {
-  port_open "$MONGO_PORT" && { log "MongoDB-protocol server already up on :$MONGO_PORT"; return; }
+# SecantusDB's Rust server (crates.io `secantus-mdb`, binary `secantusd-rs`): the default. It is
+# built once with cargo into $SECANTUS_RS_ROOT and kept there, so later runs start it at once.
+secantus_rs_bin() { printf '%s/bin/secantusd-rs' "$SECANTUS_RS_ROOT"; }
+
+secantus_rs_installed() {
+  local bin
+  bin="$(secantus_rs_bin)"
+  [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -qF "$SECANTUS_RS_VERSION"
+}
+
+install_secantus_rs() {
+  secantus_rs_installed && return 0
+  command -v cargo >/dev/null || { log "cargo not found: cannot build secantusd-rs"; return 1; }
+  log "building SecantusDB's Rust server secantus-mdb $SECANTUS_RS_VERSION into $SECANTUS_RS_ROOT"
+  log "(first run only: about 8 minutes on 2 cores; later runs start it at once)"
+  # WiredTiger is built from C by cmake; its bindings by bindgen, which needs libclang.
+  { command -v cmake >/dev/null && ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1; } ||
+    apt_install cmake libclang-dev || return 1
+  # The crate declares a newer rust-version than it needs; it builds with this toolchain.
+  cargo install secantus-mdb --version "$SECANTUS_RS_VERSION" --locked --ignore-rust-version \
+    --root "$SECANTUS_RS_ROOT" --quiet >&2 || return 1
+  secantus_rs_installed
+}
+
+# SecantusDB's Python server (PyPI `secantusdb`): the fallback. It saturates one core at a few
+# hundred operations a second, so the platform runs far below its figures on it.
+install_secantus_py() {
   if ! command -v secantusd-py >/dev/null; then
     log "installing SecantusDB $SECANTUS_VERSION (MongoDB wire protocol) from PyPI"
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
       "secantusdb==$SECANTUS_VERSION" >&2
     hash -r
   fi
-  local server
-  server="$(command -v secantusd-py || true)"
-  [ -n "$server" ] || server="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/secantusd-py"
-  mkdir -p "$DATA_DIR/secantus" "$LOG_DIR"
-  log "starting SecantusDB on :$MONGO_PORT (data in $DATA_DIR/secantus)"
-  nohup "$server" --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$DATA_DIR/secantus" \
-    >"$LOG_DIR/secantus.log" 2>&1 </dev/null &
+  command -v secantusd-py 2>/dev/null ||
+    printf '%s/secantusd-py' "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+}
+
+start_detached() { # log-file command...
+  local logfile="$1"
+  shift
+  nohup "$@" >"$logfile" 2>&1 </dev/null &
   disown || true
-  wait_port "SecantusDB" "$MONGO_PORT" 60
+}
+
+ensure_mongo() {
+  port_open "$MONGO_PORT" && { log "MongoDB-protocol server already up on :$MONGO_PORT"; return; }
+  mkdir -p "$DATA_DIR" "$LOG_DIR"
+  if [ "$MONGO_SERVER" != py ] && install_secantus_rs; then
+    log "starting secantusd-rs on :$MONGO_PORT (data in $DATA_DIR/secantus-rs)"
+    start_detached "$LOG_DIR/secantus-rs.log" "$(secantus_rs_bin)" --host 127.0.0.1 \
+      --port "$MONGO_PORT" --storage-path "$DATA_DIR/secantus-rs" --cache-size "$SECANTUS_RS_CACHE"
+    wait_port "secantusd-rs" "$MONGO_PORT" 60
+    return
+  fi
+  if [ "$MONGO_SERVER" != py ]; then
+    log "WARNING: ***********************************************************************"
+    log "WARNING: could not build SecantusDB's Rust server; falling back to the Python server."
+    log "WARNING: It saturates one core at a few hundred MongoDB operations a second: expect"
+    log "WARNING: posts and notifications to be 10-100 times slower than docs/benchmarks.md."
+    log "WARNING: ***********************************************************************"
+  fi
+  local server
+  server="$(install_secantus_py)"
+  log "starting secantusd-py on :$MONGO_PORT (data in $DATA_DIR/secantus)"
+  start_detached "$LOG_DIR/secantus.log" "$server" --host 127.0.0.1 --port "$MONGO_PORT" \
+    --storage-path "$DATA_DIR/secantus"
+  wait_port "secantusd-py" "$MONGO_PORT" 60
 }
 
 ensure_postgres
