@@ -191,9 +191,9 @@ pub async fn build(
         settings.amqp.clone(),
         notification_queue,
         shutdown.clone(),
-        move |event| {
+        move |batch| {
             let store = consumer_store.clone();
-            async move { consumer::handle(&store, event).await }
+            async move { consumer::handle_batch(&store, batch).await }
         },
     ));
     // Shutdown drain: every connection says goodbye (close 1001 / `event: reconnect`) and ends;

@@ -1,18 +1,22 @@
-//! This replica's connections, by user, and its one Redis pub/sub link.
+//! This replica's connections, by user, its presence records and its one Redis pub/sub link.
 //!
-//! A replica subscribes only to the channels of users connected to it: SUBSCRIBE on a user's
-//! first local connection, UNSUBSCRIBE when the last one leaves. The decision ("first", "last")
-//! is taken under the user's map entry lock and the command is queued in that same critical
-//! section, and one task applies the commands in order, so a leave racing a join can never end
-//! unsubscribed while someone is connected.
+//! Live notifications reach a replica on its own channel (`hub:replica:<id>`), to which it
+//! subscribes once. The append script publishes to the replicas listed in each recipient's
+//! presence record (see [`crate::store`]), so a replica records a user as present on their
+//! first local connection and as gone when the last one leaves. The decision ("first", "last")
+//! is taken under the user's map entry lock and queued in that same critical section, and one
+//! task applies the queue in order, a pipeline per batch of changes, so a leave racing a join
+//! can never end absent while someone is connected.
 //!
-//! A connection is registered (its queue visible to the dispatcher) *before* its SUBSCRIBE is
+//! A connection is registered (its queue visible to the dispatcher) *before* its presence is
 //! confirmed; it then replays from the stream and drops live messages it already replayed. That
-//! ordering is what makes "subscribe, replay, go live" gapless.
+//! ordering is what makes "be present, replay, go live" gapless.
 //!
-//! If the pub/sub link drops, messages published meanwhile never reach this replica. On
-//! reconnecting, the manager resubscribes every channel and sends each connection a
-//! [`Outbound::CatchUp`], which replays the stream after the connection's last delivered id.
+//! Presence entries lapse after [`PRESENCE_TTL`] unless refreshed, which this task does for all
+//! its users every third of that, so a replica that dies stops being published to. If the pub/sub
+//! link drops, messages published meanwhile never reach this replica. On reconnecting, the task
+//! refreshes every presence entry and sends each connection an [`Outbound::CatchUp`], which
+//! replays the stream after the connection's last delivered id.
 
 use std::{
     collections::HashSet,
@@ -25,14 +29,13 @@ use std::{
 
 use dashmap::{DashMap, mapref::entry::Entry};
 use futures_util::StreamExt;
-use redis::aio::PubSubSink;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
     protocol::{CloseReason, Delivery, Outbound},
-    store::Store,
+    store::{PRESENCE_TTL, Store},
     telemetry,
 };
 
@@ -76,11 +79,11 @@ struct LocalConnection {
 }
 
 enum Command {
-    Subscribe {
+    Join {
         user: Uuid,
         done: oneshot::Sender<()>,
     },
-    Unsubscribe {
+    Leave {
         user: Uuid,
     },
 }
@@ -90,6 +93,8 @@ pub struct Registry {
     commands: mpsc::UnboundedSender<Command>,
     next_id: AtomicU64,
     store: Store,
+    /// This replica's id in presence records and its channel name.
+    replica: String,
 }
 
 /// A connection's place in the registry; leaving it (drop) unregisters the connection.
@@ -114,12 +119,13 @@ impl Registry {
             commands,
             next_id: AtomicU64::new(1),
             store,
+            replica: Uuid::new_v4().simple().to_string(),
         });
         (registry, PubSubCommands(receiver))
     }
 
-    /// Adds a connection of `user`. The receiver fires once this replica is subscribed to the
-    /// user's channel (it never fires if the manager has stopped).
+    /// Adds a connection of `user`. The receiver fires once this replica is recorded as present
+    /// for the user (it never fires if the manager has stopped).
     pub fn register(
         self: &Arc<Self>,
         user: Uuid,
@@ -131,7 +137,7 @@ impl Registry {
         let mut connections = self.users.entry(user).or_default();
         connections.push(LocalConnection { id, queue, control });
         // Queued while holding the entry: commands reach the manager in decision order.
-        let _ = self.commands.send(Command::Subscribe { user, done });
+        let _ = self.commands.send(Command::Join { user, done });
         drop(connections);
         let registration = Registration {
             registry: self.clone(),
@@ -146,9 +152,14 @@ impl Registry {
             entry.get_mut().retain(|connection| connection.id != id);
             if entry.get().is_empty() {
                 entry.remove();
-                let _ = self.commands.send(Command::Unsubscribe { user });
+                let _ = self.commands.send(Command::Leave { user });
             }
         }
+    }
+
+    /// This replica's id (its presence entries and channel).
+    pub fn replica_id(&self) -> &str {
+        &self.replica
     }
 
     /// Local connections (all users).
@@ -190,73 +201,193 @@ impl Registry {
 /// The command queue of a registry's pub/sub manager.
 pub struct PubSubCommands(mpsc::UnboundedReceiver<Command>);
 
-/// Keeps this replica's pub/sub link: applies subscription changes in order, dispatches live
-/// messages, reconnects (resubscribing and triggering catch-up) after failures. Returns when
-/// `shutdown` is cancelled.
+/// Presence changes not yet written to Redis, and who waits for them.
+#[derive(Default)]
+struct Presence {
+    /// Users recorded (as far as this replica knows) as present here.
+    recorded: HashSet<Uuid>,
+    add: HashSet<Uuid>,
+    remove: HashSet<Uuid>,
+    waiting: Vec<oneshot::Sender<()>>,
+}
+
+impl Presence {
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Join { user, done } => {
+                self.remove.remove(&user);
+                if !self.recorded.contains(&user) {
+                    self.add.insert(user);
+                }
+                self.waiting.push(done);
+            }
+            Command::Leave { user } => {
+                self.add.remove(&user);
+                if self.recorded.remove(&user) {
+                    self.remove.insert(user);
+                }
+            }
+        }
+    }
+
+    fn is_dirty(&self) -> bool {
+        !(self.add.is_empty() && self.remove.is_empty() && self.waiting.is_empty())
+    }
+
+    /// Writes the pending changes in one pipeline, then releases the connections waiting.
+    async fn flush(&mut self, registry: &Registry) -> redis::RedisResult<()> {
+        let add: Vec<Uuid> = self.add.iter().copied().collect();
+        let remove: Vec<Uuid> = self.remove.iter().copied().collect();
+        registry
+            .store
+            .set_presence(&registry.replica, &add, &remove)
+            .await?;
+        self.recorded.extend(self.add.drain());
+        self.remove.clear();
+        for done in self.waiting.drain(..) {
+            let _ = done.send(());
+        }
+        Ok(())
+    }
+
+    /// Rewrites every present user's entry with a fresh lapse time.
+    async fn refresh(&self, registry: &Registry) -> redis::RedisResult<()> {
+        let users: Vec<Uuid> = self.recorded.iter().copied().collect();
+        for chunk in users.chunks(PRESENCE_REFRESH_CHUNK) {
+            registry
+                .store
+                .set_presence(&registry.replica, chunk, &[])
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Users refreshed per pipeline.
+const PRESENCE_REFRESH_CHUNK: usize = 2000;
+
+/// Keeps this replica's presence records and pub/sub link: applies presence changes in order,
+/// dispatches live messages, refreshes presence, reconnects (refreshing and triggering catch-up)
+/// after failures. Returns when `shutdown` is cancelled.
 pub async fn run_pubsub(
     registry: Arc<Registry>,
     client: redis::Client,
     PubSubCommands(mut commands): PubSubCommands,
     shutdown: CancellationToken,
 ) {
-    let mut subscribed: HashSet<Uuid> = HashSet::new();
-    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
-    let mut delay = Duration::from_millis(100);
+    let mut presence = Presence::default();
     let mut first_link = true;
-    'link: while !shutdown.is_cancelled() {
-        let pubsub = tokio::select! {
-            () = shutdown.cancelled() => break,
-            result = client.get_async_pubsub() => result,
-        };
-        let (mut sink, mut stream) = match pubsub {
-            Ok(pubsub) => pubsub.split(),
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?delay, "Redis pub/sub unavailable");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
+    let channel = registry.store.replica_channel(&registry.replica);
+    while let Some((sink, stream)) = link(&client, &channel, &shutdown).await {
+        if !first_link {
+            // Entries may have lapsed, or Redis restarted empty, while the link was down.
+            if let Err(error) = presence.refresh(&registry).await {
+                tracing::warn!(%error, "refreshing presence failed; reconnecting");
                 continue;
             }
-        };
-        for user in &subscribed {
-            if let Err(error) = sink.subscribe(registry.store.channel(*user)).await {
-                tracing::warn!(%error, "resubscribing failed");
-                continue 'link;
-            }
-        }
-        delay = Duration::from_millis(100);
-        if !first_link {
-            tracing::info!(channels = subscribed.len(), "Redis pub/sub link restored");
+            tracing::info!(
+                users = presence.recorded.len(),
+                "Redis pub/sub link restored"
+            );
             telemetry::pubsub_reconnected();
             registry.catch_up_all();
         }
         first_link = false;
-        for done in waiting.drain(..) {
-            let _ = done.send(());
+        let link = Link { sink, stream };
+        match link
+            .serve(&registry, &mut presence, &mut commands, &shutdown)
+            .await
+        {
+            LinkEnd::Stopped => break,
+            LinkEnd::Lost => {}
         }
+    }
+    tracing::info!("pub/sub manager stopped");
+}
 
+/// Subscribes to `channel` on a new pub/sub connection, retrying with backoff; `None` once
+/// `shutdown` is cancelled.
+async fn link(
+    client: &redis::Client,
+    channel: &str,
+    shutdown: &CancellationToken,
+) -> Option<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
+    let mut delay = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let pubsub = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            result = client.get_async_pubsub() => result,
+        };
+        let linked = match pubsub {
+            Ok(pubsub) => {
+                let (mut sink, stream) = pubsub.split();
+                sink.subscribe(channel).await.map(|()| (sink, stream))
+            }
+            Err(error) => Err(error),
+        };
+        match linked {
+            Ok(link) => return Some(link),
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "Redis pub/sub unavailable");
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    None
+}
+
+/// Why a pub/sub link stopped being served.
+enum LinkEnd {
+    Stopped,
+    Lost,
+}
+
+struct Link {
+    sink: redis::aio::PubSubSink,
+    stream: redis::aio::PubSubStream,
+}
+
+impl Link {
+    /// Dispatches messages and keeps presence until the link fails or `shutdown`.
+    async fn serve(
+        self,
+        registry: &Arc<Registry>,
+        presence: &mut Presence,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        shutdown: &CancellationToken,
+    ) -> LinkEnd {
+        let Self {
+            mut sink,
+            mut stream,
+        } = self;
         let dispatcher = registry.clone();
         let mut dispatch = tokio::spawn(async move {
             while let Some(message) = stream.next().await {
                 dispatcher.dispatch(&message);
             }
         });
-        let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + PUBSUB_PING_INTERVAL,
-            PUBSUB_PING_INTERVAL,
-        );
+        let start = tokio::time::Instant::now();
+        let mut ping = tokio::time::interval_at(start + PUBSUB_PING_INTERVAL, PUBSUB_PING_INTERVAL);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let refresh_every = PRESENCE_TTL / 3;
+        let mut refresh = tokio::time::interval_at(start + refresh_every, refresh_every);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
+            if presence.is_dirty()
+                && let Err(error) = presence.flush(registry).await
+            {
+                tracing::warn!(%error, "recording presence failed; reconnecting");
+                break LinkEnd::Lost;
+            }
             tokio::select! {
-                () = shutdown.cancelled() => {
-                    dispatch.abort();
-                    break 'link;
-                }
+                () = shutdown.cancelled() => break LinkEnd::Stopped,
                 _ = &mut dispatch => {
                     tracing::warn!("Redis pub/sub link lost; reconnecting");
-                    continue 'link;
+                    break LinkEnd::Lost;
                 }
                 _ = ping.tick() => {
                     // In subscribed mode PING answers `["pong", ""]`: any reply proves the link.
@@ -264,63 +395,46 @@ pub async fn run_pubsub(
                         tokio::time::timeout(PUBSUB_PING_TIMEOUT, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::warn!("Redis pub/sub link unresponsive; reconnecting");
-                        dispatch.abort();
-                        continue 'link;
+                        break LinkEnd::Lost;
+                    }
+                }
+                _ = refresh.tick() => {
+                    if let Err(error) = presence.refresh(registry).await {
+                        tracing::warn!(%error, "refreshing presence failed; reconnecting");
+                        break LinkEnd::Lost;
                     }
                 }
                 command = commands.recv() => {
-                    let Some(command) = command else { break 'link };
-                    if let Err(error) = apply(&registry, &mut sink, &mut subscribed, &mut waiting, command).await {
-                        tracing::warn!(%error, "Redis pub/sub command failed; reconnecting");
-                        dispatch.abort();
-                        continue 'link;
+                    let Some(command) = command else { break LinkEnd::Stopped };
+                    presence.apply(command);
+                    // Take every change queued meanwhile: one pipeline for the lot.
+                    while let Ok(command) = commands.try_recv() {
+                        presence.apply(command);
                     }
                 }
             }
-        }
+        };
+        dispatch.abort();
+        end
     }
-    tracing::info!("pub/sub manager stopped");
-}
-
-async fn apply(
-    registry: &Registry,
-    sink: &mut PubSubSink,
-    subscribed: &mut HashSet<Uuid>,
-    waiting: &mut Vec<oneshot::Sender<()>>,
-    command: Command,
-) -> redis::RedisResult<()> {
-    match command {
-        Command::Subscribe { user, done } => {
-            if subscribed.insert(user) {
-                // On failure the user stays in `subscribed`: the reconnect resubscribes it and
-                // then releases `done`.
-                if let Err(error) = sink.subscribe(registry.store.channel(user)).await {
-                    waiting.push(done);
-                    return Err(error);
-                }
-            }
-            let _ = done.send(());
-        }
-        Command::Unsubscribe { user } => {
-            if subscribed.remove(&user) {
-                sink.unsubscribe(registry.store.channel(user)).await?;
-            }
-        }
-    }
-    Ok(())
 }
 
 impl Registry {
+    /// A message on this replica's channel: one line per recipient connected here.
     fn dispatch(&self, message: &redis::Msg) {
-        let Some(user) = self.store.user_of_channel(message.get_channel_name()) else {
-            return;
-        };
         let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) else {
             return;
         };
-        match Delivery::from_pubsub_payload(payload) {
-            Some(delivery) => self.deliver(user, &Arc::new(delivery)),
-            None => tracing::warn!(%user, "ignoring a malformed pub/sub message"),
+        for line in payload.split('\n') {
+            match line.split_once(' ').and_then(|(user, rest)| {
+                Some((
+                    user.parse::<Uuid>().ok()?,
+                    Delivery::from_pubsub_payload(rest)?,
+                ))
+            }) {
+                Some((user, delivery)) => self.deliver(user, &Arc::new(delivery)),
+                None => tracing::warn!("ignoring a malformed pub/sub line"),
+            }
         }
     }
 }

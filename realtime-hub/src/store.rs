@@ -1,17 +1,30 @@
-//! Redis: each user's replay stream, the pub/sub channel that carries live notifications to
-//! whichever replica holds the user's connections, and the dedupe marks that make a re-emitted
-//! notification a no-op.
+//! Redis: each user's replay stream, the dedupe marks that make a re-emitted notification a
+//! no-op, the presence records that say which replicas hold a user's connections, and the
+//! per-replica pub/sub channels that carry live notifications to them.
 //!
-//! Appending is one Lua script per recipient, so "stored for replay", "published live" and
-//! "marked as seen" happen together or not at all: a consumer that crashes mid-batch and gets
-//! the batch redelivered neither loses nor duplicates a notification.
+//! Appending is one Lua script per batch of recipients (up to [`APPEND_BATCH`]), so for every
+//! recipient "stored for replay", "marked as seen" and "published live" happen together or not
+//! at all: a consumer that crashes mid-batch and gets the batch redelivered neither loses nor
+//! duplicates a notification. The script looks up each recipient's presence and publishes **one
+//! message per replica per batch** carrying the entries of all its recipients there, instead of
+//! one message per recipient: a replica pays one pub/sub message per batch however many of its
+//! users it concerns, and recipients connected nowhere cost no message at all.
 //!
 //! Key layout (all under the deployment's prefix; `{user}` is a cluster hash tag, so a user's
 //! keys live in one slot):
 //! - `stream:{<user>}`: stream of `t` (created, Unix ms) and `n` (notification JSON) entries,
 //!   capped with `MAXLEN ~`, expiring after [`STREAM_IDLE_TTL`] without new entries;
-//! - `seen:{<user>}:<notification id>`: the stream id it got, for [`SEEN_TTL`];
-//! - channel `user:<user>`: payload `<stream id> <created ms> <json>`.
+//! - `seen:{<user>}`: sorted set of the user's newest appended notification ids (score: created
+//!   ms), kept to [`SEEN_KEEP_FACTOR`] × the stream's length, with the stream's expiry: the
+//!   dedupe window, bounded per user rather than by time;
+//! - `presence:{<user>}`: sorted set of the replicas holding the user's connections, scored by
+//!   the time (Unix ms) the entry lapses unless refreshed ([`PRESENCE_TTL`]), so a replica that
+//!   died stops receiving within that time;
+//! - channel `hub:replica:<replica id>`: payload lines `<user> <stream id> <created ms> <json>`,
+//!   one per recipient of a batch connected to that replica.
+//!
+//! The script touches many users' keys in one call, which a single Redis allows and a Redis
+//! Cluster does not; running on a cluster means splitting batches by slot.
 
 use std::time::Duration;
 
@@ -21,23 +34,55 @@ use uuid::Uuid;
 
 use crate::protocol::{Delivery, StreamId};
 
-/// How long a notification id is remembered for dedupe. Redeliveries (broker, outbox relay)
-/// happen within minutes; a day is generous and keeps the marks bounded.
-pub const SEEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// A stream that receives nothing for this long is dropped; a client resuming from it later
 /// gets `resync` and reloads its history over REST.
 pub const STREAM_IDLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Notification ids remembered per user for dedupe, as a multiple of the stream's length: a
+/// redelivery arrives seconds or minutes after the original, long before that many newer
+/// notifications of the same user.
+pub const SEEN_KEEP_FACTOR: u64 = 2;
 /// Entries read per replay round trip.
 pub const REPLAY_PAGE: usize = 200;
+/// Recipients appended per script call: a call holds Redis for about 10 µs per recipient.
+pub const APPEND_BATCH: usize = 200;
+/// How long a replica's presence entry lives without a refresh.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
 
+/// KEYS: per recipient, its stream, seen and presence keys. ARGV: stream max length, seen ids to
+/// keep, idle ttl (s), now (ms), channel prefix, then per recipient: user, notification id,
+/// created ms, notification JSON. Returns 1 (appended) or 0 (seen before) per recipient.
 const APPEND_SCRIPT: &str = r"
-local existing = redis.call('GET', KEYS[2])
-if existing then return {0, existing} end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 't', ARGV[2], 'n', ARGV[3])
-redis.call('SET', KEYS[2], id, 'EX', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('PUBLISH', ARGV[4], id .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
-return {1, id}
+local maxlen, keep, ttl, now, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local lines, results = {}, {}
+for i = 1, #KEYS / 3 do
+  local stream, seen, presence = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local a = 5 + 4 * (i - 1)
+  local user, nid, created, json = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  if redis.call('ZSCORE', seen, nid) then
+    results[i] = 0
+  else
+    local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 't', created, 'n', json)
+    redis.call('ZADD', seen, created, nid)
+    if redis.call('ZCARD', seen) > keep then
+      redis.call('ZREMRANGEBYRANK', seen, 0, -keep - 1)
+    end
+    redis.call('EXPIRE', seen, ttl)
+    redis.call('EXPIRE', stream, ttl)
+    results[i] = 1
+    for _, replica in ipairs(redis.call('ZRANGEBYSCORE', presence, now, '+inf')) do
+      local out = lines[replica]
+      if not out then
+        out = {}
+        lines[replica] = out
+      end
+      out[#out + 1] = user .. ' ' .. id .. ' ' .. created .. ' ' .. json
+    end
+  end
+end
+for replica, out in pairs(lines) do
+  redis.call('PUBLISH', prefix .. replica, table.concat(out, '\n'))
+end
+return results
 ";
 
 /// Returns `false` when the stream does not exist, else
@@ -55,12 +100,21 @@ end
 return {max_deleted, first, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
 ";
 
-/// Outcome of appending one notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Appended {
-    New(StreamId),
-    /// Seen before (a redelivery): nothing was written or published again.
-    Duplicate(StreamId),
+/// One notification to append to its recipient's stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Append<'a> {
+    pub user: Uuid,
+    pub notification_id: &'a str,
+    pub created_at_millis: i64,
+    pub notification_json: &'a str,
+}
+
+/// How many of a batch were new and how many seen before (redeliveries: nothing was written or
+/// published again for those).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    pub new: usize,
+    pub duplicate: usize,
 }
 
 /// One page of replay.
@@ -101,53 +155,81 @@ impl Store {
         self.settings.key(&format!("stream:{{{user}}}"))
     }
 
-    fn seen_key(&self, user: Uuid, notification_id: &str) -> String {
-        self.settings
-            .key(&format!("seen:{{{user}}}:{notification_id}"))
+    fn seen_key(&self, user: Uuid) -> String {
+        self.settings.key(&format!("seen:{{{user}}}"))
     }
 
-    /// The pub/sub channel of `user`.
-    pub fn channel(&self, user: Uuid) -> String {
-        self.settings.key(&format!("user:{user}"))
+    pub fn presence_key(&self, user: Uuid) -> String {
+        self.settings.key(&format!("presence:{{{user}}}"))
     }
 
-    /// The user a channel name belongs to.
-    pub fn user_of_channel(&self, channel: &str) -> Option<Uuid> {
-        channel
-            .strip_prefix(&self.settings.key_prefix)?
-            .strip_prefix("user:")?
-            .parse()
-            .ok()
+    fn channel_prefix(&self) -> String {
+        self.settings.key("hub:replica:")
     }
 
-    /// Appends to `user`'s stream and publishes on their channel, unless `notification_id` was
-    /// appended before.
-    pub async fn append(
+    /// The pub/sub channel of the replica with this id.
+    pub fn replica_channel(&self, replica: &str) -> String {
+        format!("{}{replica}", self.channel_prefix())
+    }
+
+    /// Appends each notification to its recipient's stream and publishes it to the replicas
+    /// holding the recipient's connections, unless it was appended before: one script call per
+    /// [`APPEND_BATCH`] recipients.
+    pub async fn append(&self, batch: &[Append<'_>]) -> redis::RedisResult<Appended> {
+        let mut appended = Appended::default();
+        let now = chrono::Utc::now().timestamp_millis();
+        let keep = self.stream_max_len.saturating_mul(SEEN_KEEP_FACTOR).max(1);
+        for chunk in batch.chunks(APPEND_BATCH) {
+            let mut call = self.append.prepare_invoke();
+            for item in chunk {
+                call.key(self.stream_key(item.user))
+                    .key(self.seen_key(item.user))
+                    .key(self.presence_key(item.user));
+            }
+            call.arg(self.stream_max_len)
+                .arg(keep)
+                .arg(STREAM_IDLE_TTL.as_secs())
+                .arg(now)
+                .arg(self.channel_prefix());
+            for item in chunk {
+                call.arg(item.user.to_string())
+                    .arg(item.notification_id)
+                    .arg(item.created_at_millis)
+                    .arg(item.notification_json);
+            }
+            let results: Vec<u8> = call.invoke_async(&mut self.redis.clone()).await?;
+            let new = results.iter().filter(|&&fresh| fresh == 1).count();
+            appended.new += new;
+            appended.duplicate += results.len() - new;
+        }
+        Ok(appended)
+    }
+
+    /// Records that the replica `replica` holds connections of each of `users` for the next
+    /// [`PRESENCE_TTL`] (and forgets lapsed replicas of theirs), in one pipeline; `gone` are the
+    /// users whose last connection here ended. Applied in the given order.
+    pub async fn set_presence(
         &self,
-        user: Uuid,
-        notification_id: &str,
-        created_at_millis: i64,
-        notification_json: &str,
-    ) -> redis::RedisResult<Appended> {
-        let mut redis = self.redis.clone();
-        let (fresh, id): (i64, String) = self
-            .append
-            .key(self.stream_key(user))
-            .key(self.seen_key(user, notification_id))
-            .arg(self.stream_max_len)
-            .arg(created_at_millis)
-            .arg(notification_json)
-            .arg(self.channel(user))
-            .arg(SEEN_TTL.as_secs())
-            .arg(STREAM_IDLE_TTL.as_secs())
-            .invoke_async(&mut redis)
-            .await?;
-        let id = parse_id(&id)?;
-        Ok(if fresh == 1 {
-            Appended::New(id)
-        } else {
-            Appended::Duplicate(id)
-        })
+        replica: &str,
+        present: &[Uuid],
+        gone: &[Uuid],
+    ) -> redis::RedisResult<()> {
+        if present.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let ttl = i64::try_from(PRESENCE_TTL.as_millis()).unwrap_or(i64::MAX);
+        let mut pipe = redis::pipe();
+        for user in gone {
+            pipe.zrem(self.presence_key(*user), replica).ignore();
+        }
+        for user in present {
+            let key = self.presence_key(*user);
+            pipe.zrembyscore(&key, "-inf", now).ignore();
+            pipe.zadd(&key, replica, now + ttl).ignore();
+            pipe.pexpire(&key, ttl).ignore();
+        }
+        pipe.exec_async(&mut self.redis.clone()).await
     }
 
     /// The id of the newest entry in `user`'s stream, `0-0` when there is none.

@@ -57,8 +57,11 @@ pub fn dropped(reason: &'static str) {
     metrics::counter!("hub_drops_total", "reason" => reason).increment(1);
 }
 
-pub fn appended(outcome: &'static str) {
-    metrics::counter!("hub_notifications_appended_total", "outcome" => outcome).increment(1);
+pub fn appended(outcome: &'static str, count: usize) {
+    if count > 0 {
+        metrics::counter!("hub_notifications_appended_total", "outcome" => outcome)
+            .increment(count as u64);
+    }
 }
 
 pub fn replayed(count: usize) {

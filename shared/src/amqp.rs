@@ -3,11 +3,17 @@
 //! Guarantees this module gives its callers:
 //! - [`EventPublisher::publish_batch`] returns `Ok` only once the broker has confirmed every
 //!   message (persistent, publisher confirms). On any error the caller keeps the events and tries
-//!   again later (the outbox relays do); the publisher reconnects by itself.
-//! - [`run_consumer`] acknowledges a delivery only after the handler has returned `Ok`, i.e. after
-//!   the consumer's own write has committed. A handler error marked permanent, or a message that
-//!   is not an event at all, goes to the queue's dead-letter queue at once; a transient error is
-//!   retried until the queue's delivery limit, then dead-lettered. Nothing loops forever.
+//!   again later (the outbox relays do); the publisher reconnects by itself. Consecutive events of
+//!   one type travel as one message (an event batch, [`MAX_EVENTS_PER_MESSAGE`] at most): the
+//!   broker's work is per message and queue, so a relay round of 100 posts costs it one message
+//!   per queue instead of 100.
+//! - [`run_consumer`] hands the handler the events of one message as a [`Batch`] and
+//!   acknowledges the message only after the handler has returned `Ok`, i.e. after the consumer's
+//!   own writes have committed. Handlers batch their own I/O over it (one query, one script, one
+//!   insert for the whole batch). An event the handler rejects as impossible goes alone to the
+//!   queue's dead-letter queue (with [`REJECTED_REASON_HEADER`]); a message that is not an event
+//!   at all goes there whole; a transient error requeues the message, until the queue's delivery
+//!   limit dead-letters it.
 //! - Every queue is bounded: work queues reject publishes when full (the publisher sees a nack
 //!   and its outbox retries), dead-letter queues and the event log drop their oldest entries.
 
@@ -30,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::AmqpSettings,
     db::{ConnectError, redact_url, retry_startup},
-    events::EventEnvelope,
+    events::{self, EventEnvelope},
 };
 
 /// Queue (suffix) that keeps the event log: a stream bound to every routing key.
@@ -185,24 +191,13 @@ impl EventPublisher {
         events: &[EventEnvelope],
     ) -> Result<(), AmqpError> {
         let channel = self.channel(slot).await?;
-        let mut confirms = Vec::with_capacity(events.len());
-        for event in events {
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into())
-                .with_message_id(event.id.to_string().into())
-                .with_type(ShortString::from(event.event_type.clone()))
-                .with_timestamp(u64::try_from(event.occurred_at.timestamp()).unwrap_or_default());
-            let confirm = channel
-                .basic_publish(
-                    &self.settings.exchange,
-                    &event.event_type,
-                    BasicPublishOptions::default(),
-                    &event.to_vec(),
-                    properties,
-                )
-                .await?;
-            confirms.push(confirm);
+        let mut confirms = Vec::new();
+        for message in batch_messages(events) {
+            if let Some(first) = message.first() {
+                let confirm =
+                    publish_message(&channel, &self.settings.exchange, first, message).await?;
+                confirms.push(confirm);
+            }
         }
         for confirm in confirms {
             match confirm.await? {
@@ -212,6 +207,52 @@ impl EventPublisher {
         }
         Ok(())
     }
+}
+
+/// Events carried by one message at most (about 40 KB of post events).
+pub const MAX_EVENTS_PER_MESSAGE: usize = 100;
+
+/// `events` as messages: consecutive events of one type share a message (an event batch, see
+/// [`crate::events`]), up to [`MAX_EVENTS_PER_MESSAGE`]; the order of events is kept.
+fn batch_messages(events: &[EventEnvelope]) -> Vec<&[EventEnvelope]> {
+    let mut messages = Vec::new();
+    let mut rest = events;
+    while let Some(first) = rest.first() {
+        let same_type = rest
+            .iter()
+            .take(MAX_EVENTS_PER_MESSAGE)
+            .take_while(|event| event.event_type == first.event_type)
+            .count();
+        let (message, tail) = rest.split_at(same_type);
+        messages.push(message);
+        rest = tail;
+    }
+    messages
+}
+
+/// Publishes one message of `events` (all of `first`'s type), persistent; returns the pending
+/// confirm. The message id is the first event's id (the only one's, for a single event).
+async fn publish_message(
+    channel: &Channel,
+    exchange: &str,
+    first: &EventEnvelope,
+    events: &[EventEnvelope],
+) -> Result<lapin::publisher_confirm::PublisherConfirm, lapin::Error> {
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(first.id.to_string().into())
+        .with_type(ShortString::from(first.event_type.clone()))
+        .with_timestamp(u64::try_from(first.occurred_at.timestamp()).unwrap_or_default());
+    channel
+        .basic_publish(
+            exchange,
+            &first.event_type,
+            BasicPublishOptions::default(),
+            &events::encode_batch(events),
+            properties,
+        )
+        .await
 }
 
 /// A durable work queue and the routing keys it receives.
@@ -303,7 +344,7 @@ pub async fn declare_work_queue_at_startup(
     .await
 }
 
-/// What went wrong handling one event.
+/// What went wrong handling one event (or a whole batch).
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     /// Worth retrying (a backing service is down, a timeout).
@@ -314,20 +355,59 @@ pub enum HandlerError {
     Permanent(String),
 }
 
+/// The events of one delivered message: one, or an event batch (see [`crate::events`]).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub events: Vec<EventEnvelope>,
+    /// The broker delivered this message before (its handling may have begun).
+    pub redelivered: bool,
+}
+
+/// An event of a batch that can never be handled, and why. The consumer moves it alone to the
+/// dead-letter queue and acknowledges the rest of its message.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub event: EventEnvelope,
+    pub reason: String,
+}
+
+/// Runs `handle` on each event of `batch` in order. A permanent failure rejects that event only;
+/// a transient one stops the batch (the whole message is redelivered, and handlers are
+/// idempotent, so the events already handled are harmless to see again).
+pub async fn for_each_event<F, Fut>(
+    batch: Batch,
+    mut handle: F,
+) -> Result<Vec<Rejected>, HandlerError>
+where
+    F: FnMut(EventEnvelope) -> Fut,
+    Fut: Future<Output = Result<(), HandlerError>>,
+{
+    let mut rejected = Vec::new();
+    for event in batch.events {
+        match handle(event.clone()).await {
+            Ok(()) => {}
+            Err(HandlerError::Permanent(reason)) => rejected.push(Rejected { event, reason }),
+            Err(transient) => return Err(transient),
+        }
+    }
+    Ok(rejected)
+}
+
 /// Pause before a transiently failed message goes back on the queue, so a broken dependency is
 /// not hammered in a tight loop.
 const TRANSIENT_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Consumes `spec` until `shutdown` is cancelled, reconnecting after broker failures. Up to
-/// `prefetch` events are handled at once; each is acked after `handler` returns `Ok`.
+/// `prefetch` messages are handled at once; each is acked after `handler` returns `Ok` for its
+/// batch of events.
 pub async fn run_consumer<H, Fut>(
     settings: AmqpSettings,
     spec: QueueSpec,
     shutdown: CancellationToken,
     handler: H,
 ) where
-    H: Fn(EventEnvelope) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), HandlerError>> + Send,
+    H: Fn(Batch) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Rejected>, HandlerError>> + Send,
 {
     let mut delay = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
@@ -353,13 +433,17 @@ async fn consume_once<H, Fut>(
     handler: H,
 ) -> Result<(), lapin::Error>
 where
-    H: Fn(EventEnvelope) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), HandlerError>> + Send,
+    H: Fn(Batch) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Rejected>, HandlerError>> + Send,
 {
     let connection = connect(settings).await?;
     let channel = connection.create_channel().await?;
     declare_topology(&channel, settings).await?;
     declare_work_queue(&channel, settings, spec).await?;
+    // Rejected events are republished to the dead-letter queue on this channel, confirmed.
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     channel
         .basic_qos(settings.prefetch, BasicQosOptions::default())
         .await?;
@@ -375,38 +459,8 @@ where
 
     let deliveries = consumer.take_until(shutdown.cancelled());
     let results = deliveries.map(|delivery| {
-        let handler = handler.clone();
-        async move {
-            let delivery = delivery?;
-            let outcome = match EventEnvelope::from_slice(&delivery.data) {
-                Err(error) => Err(HandlerError::Permanent(error.to_string())),
-                Ok(event) => handler(event).await,
-            };
-            match outcome {
-                Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
-                Err(HandlerError::Permanent(reason)) => {
-                    tracing::error!(%reason, "dead-lettering an event that cannot be processed");
-                    delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: false,
-                            multiple: false,
-                        })
-                        .await
-                }
-                Err(HandlerError::Transient(reason)) => {
-                    tracing::warn!(%reason, "event handling failed; it will be redelivered");
-                    tokio::time::sleep(TRANSIENT_RETRY_DELAY).await;
-                    delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            multiple: false,
-                        })
-                        .await
-                }
-            }
-        }
+        let (handler, channel) = (handler.clone(), channel.clone());
+        async move { settle(&channel, spec, delivery?, handler).await }
     });
     let mut results =
         std::pin::pin!(results.buffer_unordered(usize::from(settings.prefetch.max(1))));
@@ -421,4 +475,128 @@ where
     let _ = channel.close(200, "shutting down").await;
     let _ = connection.close(200, "shutting down").await;
     Ok(())
+}
+
+/// Handles one delivery and settles it with the broker: ack, dead-letter, or requeue.
+async fn settle<H, Fut>(
+    channel: &Channel,
+    spec: &QueueSpec,
+    delivery: lapin::message::Delivery,
+    handler: H,
+) -> Result<(), lapin::Error>
+where
+    H: Fn(Batch) -> Fut,
+    Fut: Future<Output = Result<Vec<Rejected>, HandlerError>>,
+{
+    let outcome = match EventEnvelope::decode_batch(&delivery.data) {
+        Err(error) => Err(HandlerError::Permanent(error.to_string())),
+        Ok(events) => {
+            handler(Batch {
+                events,
+                redelivered: delivery.redelivered,
+            })
+            .await
+        }
+    };
+    match outcome {
+        Ok(rejected) => {
+            if !rejected.is_empty() {
+                dead_letter(channel, spec, &rejected).await?;
+            }
+            delivery.acker.ack(BasicAckOptions::default()).await
+        }
+        Err(HandlerError::Permanent(reason)) => {
+            tracing::error!(queue = %spec.name, %reason, "dead-lettering a message that cannot be processed");
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    multiple: false,
+                })
+                .await
+        }
+        Err(HandlerError::Transient(reason)) => {
+            tracing::warn!(queue = %spec.name, %reason, "event handling failed; it will be redelivered");
+            tokio::time::sleep(TRANSIENT_RETRY_DELAY).await;
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+        }
+    }
+}
+
+/// Header on a dead-lettered event saying why it was rejected.
+pub const REJECTED_REASON_HEADER: &str = "x-rejected-reason";
+
+/// Moves rejected events, each as its own message, to `spec`'s dead-letter queue (confirmed
+/// before the original message is acked, so none is lost between the two).
+async fn dead_letter(
+    channel: &Channel,
+    spec: &QueueSpec,
+    rejected: &[Rejected],
+) -> Result<(), lapin::Error> {
+    let queue = spec.dead_letter_queue();
+    for Rejected { event, reason } in rejected {
+        tracing::error!(queue = %spec.name, event_id = %event.id, event_type = %event.event_type, %reason, "dead-lettering an event that cannot be processed");
+        let mut headers = FieldTable::default();
+        headers.insert(REJECTED_REASON_HEADER.into(), string(reason));
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(event.id.to_string().into())
+            .with_type(ShortString::from(event.event_type.clone()))
+            .with_headers(headers);
+        let confirm = channel
+            .basic_publish(
+                "",
+                &queue,
+                BasicPublishOptions::default(),
+                &event.to_vec(),
+                properties,
+            )
+            .await?;
+        if let Confirmation::Nack(_) = confirm.await? {
+            return Err(lapin::Error::InvalidChannelState(
+                lapin::ChannelState::Error,
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{PostDeleted, UserUnfollowed};
+
+    fn event<T: crate::events::EventData>(data: &T) -> EventEnvelope {
+        EventEnvelope::new("test", data).unwrap()
+    }
+
+    #[test]
+    fn consecutive_events_of_one_type_share_a_message() {
+        let deleted = |n: u32| {
+            event(&PostDeleted {
+                post_id: n.to_string(),
+                author_id: uuid::Uuid::now_v7(),
+            })
+        };
+        let unfollowed = event(&UserUnfollowed {
+            follower_id: uuid::Uuid::now_v7(),
+            followed_id: uuid::Uuid::now_v7(),
+        });
+        let mut events: Vec<EventEnvelope> = (0..3).map(deleted).collect();
+        events.push(unfollowed);
+        events.extend((0..250).map(deleted));
+        let sizes: Vec<usize> = batch_messages(&events).iter().map(|m| m.len()).collect();
+        assert_eq!(sizes, [3, 1, 100, 100, 50]);
+        let flattened: Vec<&EventEnvelope> =
+            batch_messages(&events).into_iter().flatten().collect();
+        assert!(flattened.iter().zip(&events).all(|(a, b)| a.id == b.id));
+        assert!(batch_messages(&[]).is_empty());
+    }
 }

@@ -3,6 +3,13 @@
 //! Events travel on one topic exchange with the event type as routing key. The envelope is
 //! `{"id", "type", "occurredAt", "producer", "data"}`; `id` is a UUID v7, so ids sort by time and
 //! consumers use it as their idempotency key. Payload field names are camelCase like the REST API.
+//!
+//! One message on the wire carries one envelope, or a JSON array of envelopes of one type (an
+//! *event batch*, see [`encode_batch`]): producers that have many events at once (an outbox relay
+//! round under load, a fan-out) publish them as one message, because the broker's cost is per
+//! message and per queue, not per byte. Consumers read both forms with [`decode_batch`] and stay
+//! idempotent per event id, so a batch redelivered, or republished with other members, is
+//! harmless.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -60,6 +67,16 @@ impl EventEnvelope {
         Ok(serde_json::from_slice(bytes)?)
     }
 
+    /// The events of one message body: a single envelope or an array of them.
+    pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Self>, EventError> {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first == Some(&b'[') {
+            Ok(serde_json::from_slice(bytes)?)
+        } else {
+            Ok(vec![Self::from_slice(bytes)?])
+        }
+    }
+
     pub fn to_vec(&self) -> Vec<u8> {
         // Serialising a struct of plain fields and a `Value` cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
@@ -74,6 +91,16 @@ impl EventEnvelope {
             });
         }
         Ok(serde_json::from_value(self.data.clone())?)
+    }
+}
+
+/// One message body for `events`: the envelope itself when there is one, else an array (the
+/// caller keeps batches to events of one type, which is the message's routing key).
+pub fn encode_batch(events: &[EventEnvelope]) -> Vec<u8> {
+    match events {
+        [one] => one.to_vec(),
+        // Serialising plain structs and `Value`s cannot fail.
+        many => serde_json::to_vec(many).unwrap_or_default(),
     }
 }
 
@@ -189,5 +216,35 @@ mod tests {
     fn garbage_is_malformed_not_a_panic() {
         assert!(EventEnvelope::from_slice(b"not json").is_err());
         assert!(EventEnvelope::from_slice(br#"{"id":"x"}"#).is_err());
+        assert!(EventEnvelope::decode_batch(b"[1, 2]").is_err());
+        assert!(EventEnvelope::decode_batch(b"").is_err());
+    }
+
+    #[test]
+    fn a_message_carries_one_envelope_or_a_batch() {
+        let events: Vec<EventEnvelope> = (0..3)
+            .map(|n| {
+                EventEnvelope::new(
+                    "posts",
+                    &PostDeleted {
+                        post_id: format!("{n}"),
+                        author_id: Uuid::now_v7(),
+                    },
+                )
+                .unwrap()
+            })
+            .collect();
+        let single = encode_batch(&events[..1]);
+        assert_eq!(
+            single,
+            events[0].to_vec(),
+            "a batch of one is the plain envelope"
+        );
+        assert_eq!(EventEnvelope::decode_batch(&single).unwrap(), events[..1]);
+        let many = encode_batch(&events);
+        assert_eq!(many.first(), Some(&b'['));
+        assert_eq!(EventEnvelope::decode_batch(&many).unwrap(), events);
+        let padded = [b" \n".as_slice(), &many].concat();
+        assert_eq!(EventEnvelope::decode_batch(&padded).unwrap(), events);
     }
 }

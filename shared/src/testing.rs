@@ -156,6 +156,32 @@ impl TestEnv {
         name
     }
 
+    /// Takes events from `queue` (an [`observer_queue`](Self::observer_queue)) until `count`
+    /// have arrived or `timeout` passes; a message holding a batch counts each of its events.
+    pub async fn receive_events(
+        channel: &lapin::Channel,
+        queue: &str,
+        count: usize,
+        timeout: std::time::Duration,
+    ) -> Vec<crate::events::EventEnvelope> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events = Vec::new();
+        while events.len() < count && tokio::time::Instant::now() < deadline {
+            let got = channel
+                .basic_get(queue, lapin::options::BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get on the observer queue");
+            match got {
+                Some(message) => events.extend(
+                    crate::events::EventEnvelope::decode_batch(&message.delivery.data)
+                        .expect("an event or a batch of events"),
+                ),
+                None => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+        events
+    }
+
     pub async fn amqp_channel(&self) -> (lapin::Connection, lapin::Channel) {
         let connection = crate::amqp::connect(&self.settings.amqp)
             .await

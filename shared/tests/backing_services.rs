@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use instaclone_shared::{
-    amqp::{EventPublisher, HandlerError, QueueSpec, declare_work_queue, run_consumer},
+    amqp::{
+        Batch, EventPublisher, HandlerError, QueueSpec, REJECTED_REASON_HEADER, Rejected,
+        declare_work_queue, for_each_event, run_consumer,
+    },
     db,
     events::{EventEnvelope, PostDeleted, UserUnfollowed, event_type},
     testing::TestEnv,
@@ -126,11 +129,16 @@ async fn published_events_reach_a_bound_consumer_and_the_event_log() {
         env.settings.amqp.clone(),
         spec,
         shutdown.clone(),
-        move |event: EventEnvelope| {
+        move |batch: Batch| {
             let tx = tx.clone();
             async move {
-                tx.send(event)
-                    .map_err(|e| HandlerError::Transient(e.to_string()))
+                for_each_event(batch, |event| {
+                    let sent = tx
+                        .send(event)
+                        .map_err(|e| HandlerError::Transient(e.to_string()));
+                    async move { sent }
+                })
+                .await
             }
         },
     ));
@@ -191,7 +199,8 @@ async fn published_events_reach_a_bound_consumer_and_the_event_log() {
             .expect("event log did not return both events")
             .unwrap()
             .unwrap();
-        ids.push(EventEnvelope::from_slice(&delivery.data).unwrap().id);
+        let events = EventEnvelope::decode_batch(&delivery.data).unwrap();
+        ids.extend(events.iter().map(|event| event.id));
         delivery.ack(Default::default()).await.unwrap();
     }
     assert_eq!(ids, vec![event.id, other.id]);
@@ -219,9 +228,10 @@ async fn poison_and_repeatedly_failing_messages_end_in_the_dead_letter_queue() {
         env.settings.amqp.clone(),
         spec.clone(),
         shutdown.clone(),
-        move |event: EventEnvelope| {
+        move |batch: Batch| {
             let counted = counted.clone();
             async move {
+                let event = &batch.events[0];
                 if event.id == permanent_id {
                     Err(HandlerError::Permanent("cannot be processed".into()))
                 } else {
@@ -260,6 +270,93 @@ async fn poison_and_repeatedly_failing_messages_end_in_the_dead_letter_queue() {
     assert!(
         (2..=3).contains(&tries),
         "transient message handled {tries} times"
+    );
+    shutdown.cancel();
+    consumer.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_travels_as_one_message_and_a_rejected_event_is_dead_lettered_alone() {
+    let env = TestEnv::new();
+    let spec = QueueSpec {
+        name: env.settings.amqp.queue("batches"),
+        routing_keys: vec![event_type::USER_UNFOLLOWED.to_owned()],
+        delivery_limit: 2,
+    };
+    let (_connection, channel) = env.amqp_channel().await;
+    declare_work_queue(&channel, &env.settings.amqp, &spec)
+        .await
+        .unwrap();
+    let events: Vec<EventEnvelope> = (0..5).map(|_| unfollowed()).collect();
+    let poison = events[2].id;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn(run_consumer(
+        env.settings.amqp.clone(),
+        spec.clone(),
+        shutdown.clone(),
+        move |batch: Batch| {
+            let tx = tx.clone();
+            async move {
+                let ids: Vec<Uuid> = batch.events.iter().map(|e| e.id).collect();
+                tx.send(ids).unwrap();
+                Ok(batch
+                    .events
+                    .into_iter()
+                    .filter(|event| event.id == poison)
+                    .map(|event| Rejected {
+                        event,
+                        reason: "not for this test".into(),
+                    })
+                    .collect())
+            }
+        },
+    ));
+    EventPublisher::new(env.settings.amqp.clone())
+        .publish_batch(&events)
+        .await
+        .unwrap();
+    let delivered = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("batch not delivered within 10 s")
+        .unwrap();
+    let sent: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    assert_eq!(
+        delivered, sent,
+        "one message with the five events, in order"
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        let got = channel
+            .basic_get(&spec.dead_letter_queue(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        match got {
+            Some(message) => break message,
+            None if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None => panic!("the rejected event never reached the dead-letter queue"),
+        }
+    };
+    assert_eq!(
+        EventEnvelope::decode_batch(&dead.delivery.data).unwrap(),
+        vec![events[2].clone()],
+        "only the rejected event is dead-lettered"
+    );
+    let headers = dead.delivery.properties.headers().clone().unwrap();
+    let reason = match headers.inner().get(REJECTED_REASON_HEADER) {
+        Some(lapin::types::AMQPValue::LongString(reason)) => reason.to_string(),
+        other => panic!("no rejection reason on the dead letter: {other:?}"),
+    };
+    assert_eq!(reason, "not for this test");
+    // The rest was acknowledged: nothing is redelivered.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .is_err(),
+        "the batch was delivered again"
     );
     shutdown.cancel();
     consumer.await.unwrap();

@@ -7,11 +7,13 @@
 //! `DEL` is idempotent, so a redelivered event does no harm. A follower reading between the post
 //! being stored and the event arriving may still get the older page: the TTL bounds that.
 
+use std::collections::BTreeSet;
+
 use instaclone_shared::{
-    amqp::{HandlerError, QueueSpec},
+    amqp::{Batch, HandlerError, QueueSpec, Rejected},
     clients::UsersClient,
     config::AmqpSettings,
-    events::{EventEnvelope, PostCreated, PostDeleted, event_type},
+    events::{PostCreated, PostDeleted, event_type},
 };
 use uuid::Uuid;
 
@@ -29,20 +31,43 @@ pub fn queue_spec(amqp: &AmqpSettings) -> QueueSpec {
     }
 }
 
-/// Drops the cached feed of every follower of the event's author.
-#[tracing::instrument(skip_all, fields(event_id = %event.id, event_type = %event.event_type))]
+/// Drops the cached feed of every follower of the authors of a batch of post events (each author
+/// once, however many of their posts the batch holds).
+#[tracing::instrument(skip_all, fields(events = batch.events.len()))]
 pub async fn handle(
-    event: EventEnvelope,
+    batch: Batch,
     cache: FeedCache,
     users: UsersClient,
+) -> Result<Vec<Rejected>, HandlerError> {
+    let mut authors = BTreeSet::new();
+    let mut rejected = Vec::new();
+    for event in batch.events {
+        let author = match event.event_type.as_str() {
+            event_type::POST_CREATED => event.data::<PostCreated>().map(|post| post.author_id),
+            event_type::POST_DELETED => event.data::<PostDeleted>().map(|post| post.author_id),
+            _ => continue,
+        };
+        match author {
+            Ok(author) => {
+                authors.insert(author);
+            }
+            Err(error) => rejected.push(Rejected {
+                event,
+                reason: error.to_string(),
+            }),
+        }
+    }
+    for author in authors {
+        drop_followers_feeds(&cache, &users, author).await?;
+    }
+    Ok(rejected)
+}
+
+async fn drop_followers_feeds(
+    cache: &FeedCache,
+    users: &UsersClient,
+    author: Uuid,
 ) -> Result<(), HandlerError> {
-    let permanent =
-        |e: instaclone_shared::events::EventError| HandlerError::Permanent(e.to_string());
-    let author: Uuid = match event.event_type.as_str() {
-        event_type::POST_CREATED => event.data::<PostCreated>().map_err(permanent)?.author_id,
-        event_type::POST_DELETED => event.data::<PostDeleted>().map_err(permanent)?.author_id,
-        _ => return Ok(()),
-    };
     let mut followers = users.followers(author);
     let mut dropped = 0usize;
     while let Some(ids) = followers

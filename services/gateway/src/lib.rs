@@ -388,7 +388,7 @@ pub async fn build_with(
             settings.amqp.clone(),
             feed_cache_queue(&settings.amqp),
             shutdown,
-            move |event| feed_invalidation::handle(event, cache.clone(), users.clone()),
+            move |batch| feed_invalidation::handle(batch, cache.clone(), users.clone()),
         ));
     }
     Ok(app)

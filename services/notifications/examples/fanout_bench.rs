@@ -158,9 +158,11 @@ async fn run(followers: i64) {
             .expect("no notification.created for 2 minutes")
             .unwrap()
             .unwrap();
-        let event = EventEnvelope::from_slice(&delivery.data).unwrap();
-        let batch: NotificationCreated = event.data().unwrap();
-        for notification in batch.notifications {
+        let notifications = EventEnvelope::decode_batch(&delivery.data)
+            .unwrap()
+            .into_iter()
+            .flat_map(|event| event.data::<NotificationCreated>().unwrap().notifications);
+        for notification in notifications {
             if notification.user_id == bystander_recipient {
                 bystander_latency = bystander_sent_at.map(|at: Instant| at.elapsed());
                 continue;

@@ -16,15 +16,22 @@
 //! A fan-out streams the author's followers page by page from the users service (the next page
 //! is fetched while the current one is written), so 100,000 followers never sit in memory, and
 //! the consumer keeps handling other deliveries concurrently while one post fans out.
+//!
+//! Work is batched end to end: a delivered message may carry many events (an outbox relay round,
+//! see [`instaclone_shared::events`]), and they are handled together. All follow notifications
+//! of the batch are one `insertMany`; the new posts of one author share one walk of the author's
+//! followers, and each page of followers is one `insertMany` (every post for every follower on
+//! the page), one confirmed publish of its `notification.created` events and one progress write
+//! for all those posts. A busy author's burst of posts therefore costs about what one post does.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use instaclone_shared::{
-    amqp::{EventPublisher, HandlerError, QueueSpec, run_consumer},
+    amqp::{Batch, EventPublisher, HandlerError, QueueSpec, Rejected, run_consumer},
     clients::{ClientError, IdPage, UsersClient},
     config::AmqpSettings,
     events::{EventEnvelope, NotificationCreated, PostCreated, UserFollowed, event_type},
@@ -36,7 +43,7 @@ use uuid::Uuid;
 use crate::{
     SERVICE_NAME,
     domain::{NotificationData, NotificationKind, follow_message, post_created_message},
-    store::{EventProgress, NotificationDocument, NotificationStore},
+    store::{EventProgress, NotificationDocument, NotificationStore, ProgressStep},
 };
 
 /// Suffix of the work queue this service consumes.
@@ -79,6 +86,29 @@ pub enum Outcome {
     Handled { notifications: u64, inserted: u64 },
 }
 
+/// What handling a batch amounted to, per event.
+#[derive(Debug, Default)]
+struct Processed {
+    outcomes: HashMap<Uuid, Outcome>,
+    rejected: Vec<Rejected>,
+}
+
+impl Processed {
+    fn reject(&mut self, event: &EventEnvelope, reason: impl Into<String>) {
+        self.rejected.push(Rejected {
+            event: event.clone(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// A `post.created` waiting to be fanned out, with what an earlier delivery did of it.
+struct PendingPost<'a> {
+    event: &'a EventEnvelope,
+    post: PostCreated,
+    prior: Option<&'a EventProgress>,
+}
+
 /// Handles events; shared by the live consumer and the replay command.
 pub struct EventProcessor {
     store: NotificationStore,
@@ -106,21 +136,42 @@ impl EventProcessor {
         self
     }
 
-    /// Handles `event`, retrying transient failures a few times before giving up on this
-    /// delivery.
+    /// Handles the events of one delivered message together (see the module docs), retrying
+    /// transient failures a few times before giving the message back to the broker.
+    ///
+    /// Progress records are read only for a redelivered message: a first delivery has none,
+    /// unless the producer published the event twice, and then redoing it is harmless (the
+    /// unique index and the hub's dedupe absorb the repeat).
+    pub async fn handle_batch(&self, batch: Batch) -> Result<Vec<Rejected>, HandlerError> {
+        let processed = self
+            .with_retries(|| self.process(&batch.events, batch.redelivered))
+            .await?;
+        Ok(processed.rejected)
+    }
+
+    /// Handles `event` (reading its progress first), retrying transient failures a few times
+    /// before giving up.
     pub async fn handle_with_retries(
         &self,
         event: &EventEnvelope,
     ) -> Result<Outcome, HandlerError> {
+        self.with_retries(|| self.handle(event)).await
+    }
+
+    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, HandlerError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, HandlerError>>,
+    {
         let mut delay = Duration::from_millis(250);
-        let mut attempt = 1;
+        let mut attempts = 1;
         loop {
-            match self.handle(event).await {
-                Err(HandlerError::Transient(reason)) if attempt < IN_DELIVERY_ATTEMPTS => {
-                    tracing::warn!(event_id = %event.id, %reason, retry_in = ?delay, "retrying event");
+            match attempt().await {
+                Err(HandlerError::Transient(reason)) if attempts < IN_DELIVERY_ATTEMPTS => {
+                    tracing::warn!(%reason, retry_in = ?delay, "retrying events");
                     tokio::time::sleep(delay).await;
                     delay *= 4;
-                    attempt += 1;
+                    attempts += 1;
                 }
                 other => return other,
             }
@@ -130,86 +181,183 @@ impl EventProcessor {
     /// Handles `event` once. Safe to call any number of times for the same event.
     #[tracing::instrument(skip(self, event), fields(event_id = %event.id, event_type = %event.event_type))]
     pub async fn handle(&self, event: &EventEnvelope) -> Result<Outcome, HandlerError> {
-        let is_ours = matches!(
-            event.event_type.as_str(),
-            event_type::USER_FOLLOWED | event_type::POST_CREATED
-        );
-        if !is_ours {
-            return Ok(Outcome::Ignored);
+        let mut processed = self.process(std::slice::from_ref(event), true).await?;
+        if let Some(rejected) = processed.rejected.pop() {
+            return Err(HandlerError::Permanent(rejected.reason));
         }
-        let progress = self.store.progress(event.id).await.map_err(transient)?;
-        if progress.as_ref().is_some_and(|p| p.completed) {
-            tracing::debug!("event already handled");
-            return Ok(Outcome::AlreadyDone);
-        }
-        if event.event_type == event_type::USER_FOLLOWED {
-            self.on_follow(event).await
-        } else {
-            self.on_post_created(event, progress).await
-        }
+        Ok(processed
+            .outcomes
+            .remove(&event.id)
+            .unwrap_or(Outcome::Ignored))
     }
 
-    async fn on_follow(&self, event: &EventEnvelope) -> Result<Outcome, HandlerError> {
-        let follow: UserFollowed = event.data().map_err(permanent)?;
-        if follow.follower_username.trim().is_empty() {
-            return Err(HandlerError::Permanent(
-                "user.followed without a followerUsername".to_owned(),
-            ));
+    /// Handles `events` together: every follow notification of the batch in one write, and the
+    /// new posts of each author in one walk of the author's followers, one write and one
+    /// emission per page of followers for all of those posts.
+    async fn process(
+        &self,
+        events: &[EventEnvelope],
+        read_progress: bool,
+    ) -> Result<Processed, HandlerError> {
+        let mut processed = Processed::default();
+        let ours: Vec<&EventEnvelope> = events
+            .iter()
+            .filter(|event| {
+                let is_ours = matches!(
+                    event.event_type.as_str(),
+                    event_type::USER_FOLLOWED | event_type::POST_CREATED
+                );
+                if !is_ours {
+                    processed.outcomes.insert(event.id, Outcome::Ignored);
+                }
+                is_ours
+            })
+            .collect();
+        let progress = if read_progress && !ours.is_empty() {
+            let ids: Vec<Uuid> = ours.iter().map(|event| event.id).collect();
+            self.store.progress_of(&ids).await.map_err(transient)?
+        } else {
+            HashMap::new()
+        };
+        let mut follows = Vec::new();
+        let mut posts: BTreeMap<(Uuid, Option<String>), Vec<PendingPost<'_>>> = BTreeMap::new();
+        for event in ours {
+            let prior = progress.get(&event.id.to_string());
+            if prior.is_some_and(|p| p.completed) {
+                processed.outcomes.insert(event.id, Outcome::AlreadyDone);
+                continue;
+            }
+            if event.event_type == event_type::USER_FOLLOWED {
+                match follow_of(event) {
+                    Ok(follow) => follows.push((event, follow)),
+                    Err(reason) => processed.reject(event, reason),
+                }
+                continue;
+            }
+            match event.data::<PostCreated>() {
+                Ok(post) => {
+                    let key = (post.author_id, prior.and_then(|p| p.cursor.clone()));
+                    posts
+                        .entry(key)
+                        .or_default()
+                        .push(PendingPost { event, post, prior });
+                }
+                Err(error) => processed.reject(event, error.to_string()),
+            }
         }
-        let notification = NotificationDocument::new(
-            event.id,
-            follow.followed_id,
-            NotificationKind::Follow,
-            follow_message(&follow.follower_username),
-            NotificationData::Follow {
-                follower_id: follow.follower_id.to_string(),
-            },
-            bson::DateTime::now(),
-        );
-        let inserted = self.store_and_emit(vec![notification]).await?;
-        let mut progress = EventProgress::starting(event);
-        progress.stored = 1;
-        progress.completed = true;
+        self.on_follows(&follows, &mut processed).await?;
+        for ((author, cursor), group) in posts {
+            match self.fan_out(author, cursor.as_deref(), &group).await {
+                Ok(outcomes) => processed.outcomes.extend(outcomes),
+                Err(HandlerError::Permanent(reason)) => {
+                    for pending in &group {
+                        processed.reject(pending.event, reason.clone());
+                    }
+                }
+                Err(transient) => return Err(transient),
+            }
+        }
+        Ok(processed)
+    }
+
+    /// One `follow` notification per event, all stored and emitted together.
+    async fn on_follows(
+        &self,
+        follows: &[(&EventEnvelope, UserFollowed)],
+        processed: &mut Processed,
+    ) -> Result<(), HandlerError> {
+        if follows.is_empty() {
+            return Ok(());
+        }
+        let now = bson::DateTime::now();
+        let notifications = follows
+            .iter()
+            .map(|(event, follow)| {
+                NotificationDocument::new(
+                    event.id,
+                    follow.followed_id,
+                    NotificationKind::Follow,
+                    follow_message(&follow.follower_username),
+                    NotificationData::Follow {
+                        follower_id: follow.follower_id.to_string(),
+                    },
+                    now,
+                )
+            })
+            .collect();
+        let inserted = self.store_and_emit(notifications).await?;
+        let done: Vec<String> = follows
+            .iter()
+            .map(|(event, _)| event.id.to_string())
+            .collect();
+        let step = ProgressStep {
+            cursor: None,
+            stored: 1,
+            completed: true,
+        };
         self.store
-            .save_progress(&progress)
+            .record_step(&done, event_type::USER_FOLLOWED, step, true)
             .await
             .map_err(transient)?;
-        Ok(Outcome::Handled {
-            notifications: 1,
-            inserted: u64::try_from(inserted).unwrap_or_default(),
-        })
+        for (event, _) in follows {
+            let inserted = inserted.get(&event.id.to_string()).copied().unwrap_or(0);
+            processed.outcomes.insert(
+                event.id,
+                Outcome::Handled {
+                    notifications: 1,
+                    inserted: u64::try_from(inserted).unwrap_or_default(),
+                },
+            );
+        }
+        Ok(())
     }
 
-    async fn on_post_created(
+    /// Fans the posts of `group` (all by `author`, all resuming from `cursor`) out to the
+    /// author's followers, a page at a time; returns each event's outcome.
+    async fn fan_out(
         &self,
-        event: &EventEnvelope,
-        progress: Option<EventProgress>,
-    ) -> Result<Outcome, HandlerError> {
+        author: Uuid,
+        cursor: Option<&str>,
+        group: &[PendingPost<'_>],
+    ) -> Result<HashMap<Uuid, Outcome>, HandlerError> {
         let started = Instant::now();
-        let post: PostCreated = event.data().map_err(permanent)?;
-        let author = self.author_username(post.author_id).await?;
-        let message = post_created_message(&author);
-        let data = NotificationData::PostCreated {
-            author_id: post.author_id.to_string(),
-            post_id: post.post_id.clone(),
-            caption: post.caption.clone(),
-            media_url: post.media_url.clone(),
-        };
-        let mut progress = progress.unwrap_or_else(|| EventProgress::starting(event));
-        let resumed = progress.cursor.is_some();
-        let mut inserted_total = 0;
-        let mut page = self
-            .followers(post.author_id, progress.cursor.as_deref())
-            .await?;
+        let message = post_created_message(&self.author_username(author).await?);
+        let data: Vec<NotificationData> = group
+            .iter()
+            .map(|pending| NotificationData::PostCreated {
+                author_id: author.to_string(),
+                post_id: pending.post.post_id.clone(),
+                caption: pending.post.caption.clone(),
+                media_url: pending.post.media_url.clone(),
+            })
+            .collect();
+        let ids: Vec<String> = group
+            .iter()
+            .map(|pending| pending.event.id.to_string())
+            .collect();
+        let mut first_step = group.iter().all(|pending| pending.prior.is_none());
+        let mut recipients: i64 = 0;
+        let mut inserted: HashMap<String, usize> = HashMap::new();
+        let mut page = self.followers(author, cursor).await?;
         loop {
             let now = bson::DateTime::now();
-            let notifications: Vec<NotificationDocument> = page
+            let followers: Vec<Uuid> = page
                 .ids
                 .iter()
-                .filter(|&&follower| follower != post.author_id)
-                .map(|&follower| {
+                .copied()
+                .filter(|&follower| follower != author)
+                .collect();
+            let notifications: Vec<NotificationDocument> = followers
+                .iter()
+                .flat_map(|&follower| {
+                    group
+                        .iter()
+                        .zip(&data)
+                        .map(move |(pending, data)| (follower, pending, data))
+                })
+                .map(|(follower, pending, data)| {
                     NotificationDocument::new(
-                        event.id,
+                        pending.event.id,
                         follower,
                         NotificationKind::PostCreated,
                         message.clone(),
@@ -218,26 +366,30 @@ impl EventProcessor {
                     )
                 })
                 .collect();
-            let batch_size = notifications.len();
             let store = self.store_and_emit(notifications);
             // Read the next page while this one is written.
             let (stored, next) = match page.next_cursor.as_deref() {
                 Some(cursor) => {
-                    let (stored, next) =
-                        tokio::join!(store, self.followers(post.author_id, Some(cursor)));
+                    let (stored, next) = tokio::join!(store, self.followers(author, Some(cursor)));
                     (stored, Some(next))
                 }
                 None => (store.await, None),
             };
-            inserted_total += stored?;
-            progress.cursor = page.next_cursor.take();
-            progress.stored += i64::try_from(batch_size).unwrap_or(i64::MAX);
-            progress.completed = next.is_none();
-            progress.updated_at = bson::DateTime::now();
+            for (event_id, count) in stored? {
+                *inserted.entry(event_id).or_default() += count;
+            }
+            let page_recipients = i64::try_from(followers.len()).unwrap_or(i64::MAX);
+            recipients += page_recipients;
+            let step = ProgressStep {
+                cursor: page.next_cursor.as_deref(),
+                stored: page_recipients,
+                completed: next.is_none(),
+            };
             self.store
-                .save_progress(&progress)
+                .record_step(&ids, event_type::POST_CREATED, step, first_step)
                 .await
                 .map_err(transient)?;
+            first_step = false;
             match next {
                 None => break,
                 Some(next) => page = next?,
@@ -245,29 +397,31 @@ impl EventProcessor {
         }
         let elapsed = started.elapsed();
         metrics::histogram!("notifications_fanout_seconds").record(elapsed.as_secs_f64());
-        tracing::info!(
-            post_id = %post.post_id,
-            recipients = progress.stored,
-            inserted = inserted_total,
-            resumed,
-            ?elapsed,
-            "post fan-out complete"
-        );
-        Ok(Outcome::Handled {
-            notifications: u64::try_from(progress.stored).unwrap_or_default(),
-            inserted: u64::try_from(inserted_total).unwrap_or_default(),
-        })
+        tracing::info!(%author, posts = group.len(), recipients, resumed = cursor.is_some(), ?elapsed, "post fan-out complete");
+        Ok(group
+            .iter()
+            .zip(&ids)
+            .map(|(pending, id)| {
+                let before = pending.prior.map_or(0, |p| p.stored);
+                let inserted = inserted.get(id).copied().unwrap_or(0);
+                let outcome = Outcome::Handled {
+                    notifications: u64::try_from(before + recipients).unwrap_or_default(),
+                    inserted: u64::try_from(inserted).unwrap_or_default(),
+                };
+                (pending.event.id, outcome)
+            })
+            .collect())
     }
 
     /// Stores one batch, then publishes `notification.created` for all of it (including
     /// notifications an earlier delivery had stored: they may not have been published).
-    /// Returns how many were inserted now.
+    /// Returns how many were inserted now, by event id.
     async fn store_and_emit(
         &self,
         notifications: Vec<NotificationDocument>,
-    ) -> Result<usize, HandlerError> {
+    ) -> Result<HashMap<String, usize>, HandlerError> {
         if notifications.is_empty() {
-            return Ok(0);
+            return Ok(HashMap::new());
         }
         let batch = self
             .store
@@ -275,6 +429,10 @@ impl EventProcessor {
             .await
             .map_err(transient)?;
         metrics::counter!("notifications_stored_total").increment(batch.inserted as u64);
+        let mut inserted: HashMap<String, usize> = HashMap::new();
+        for fresh in &batch.notifications[..batch.inserted] {
+            *inserted.entry(fresh.event_id.clone()).or_default() += 1;
+        }
         let views = batch
             .notifications
             .iter()
@@ -299,7 +457,7 @@ impl EventProcessor {
             .map_err(transient)?;
         metrics::counter!("notification_created_events_published_total")
             .increment(events.len() as u64);
-        Ok(batch.inserted)
+        Ok(inserted)
     }
 
     async fn followers(&self, author: Uuid, cursor: Option<&str>) -> Result<IdPage, HandlerError> {
@@ -339,17 +497,13 @@ impl EventProcessor {
     }
 }
 
-impl EventProgress {
-    fn starting(event: &EventEnvelope) -> Self {
-        Self {
-            event_id: event.id.to_string(),
-            event_type: event.event_type.clone(),
-            cursor: None,
-            stored: 0,
-            completed: false,
-            updated_at: bson::DateTime::now(),
-        }
+/// The follow of a `user.followed` event, if it can make a notification.
+fn follow_of(event: &EventEnvelope) -> Result<UserFollowed, String> {
+    let follow: UserFollowed = event.data().map_err(|e| e.to_string())?;
+    if follow.follower_username.trim().is_empty() {
+        return Err("user.followed without a followerUsername".to_owned());
     }
+    Ok(follow)
 }
 
 fn transient(error: impl std::fmt::Display) -> HandlerError {
@@ -393,9 +547,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let spec = queue_spec(&settings);
-    run_consumer(settings, spec, shutdown, move |event| {
+    run_consumer(settings, spec, shutdown, move |batch| {
         let processor = processor.clone();
-        async move { processor.handle_with_retries(&event).await.map(drop) }
+        async move { processor.handle_batch(batch).await }
     })
     .await;
 }

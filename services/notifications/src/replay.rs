@@ -56,7 +56,7 @@ pub enum ReplayError {
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplayReport {
-    /// Log entries read.
+    /// Events read from the log (a log entry may hold a batch of them).
     pub events_read: u64,
     /// Follow and post events handled now (their notifications were missing or incomplete).
     pub events_handled: u64,
@@ -104,30 +104,18 @@ pub async fn replay(
     while let Ok(Some(delivery)) = tokio::time::timeout(REPLAY_IDLE, deliveries.next()).await {
         let delivery = delivery?;
         let offset = stream_offset(&delivery);
-        report.events_read += 1;
-        match EventEnvelope::from_slice(&delivery.data) {
+        match EventEnvelope::decode_batch(&delivery.data) {
             Err(error) => {
                 tracing::warn!(?offset, %error, "skipping an unreadable log entry");
+                report.events_read += 1;
                 report.events_failed += 1;
             }
-            Ok(event) => match processor.handle_with_retries(&event).await {
-                Ok(Outcome::Ignored) => report.events_ignored += 1,
-                Ok(Outcome::AlreadyDone) => report.events_already_done += 1,
-                Ok(Outcome::Handled { inserted, .. }) => {
-                    report.events_handled += 1;
-                    report.notifications_inserted += inserted;
+            Ok(events) => {
+                for event in events {
+                    report.events_read += 1;
+                    replay_one(processor, &event, &mut report).await?;
                 }
-                Err(HandlerError::Permanent(reason)) => {
-                    tracing::warn!(event_id = %event.id, %reason, "skipping an event that cannot be handled");
-                    report.events_failed += 1;
-                }
-                Err(HandlerError::Transient(reason)) => {
-                    return Err(ReplayError::Transient {
-                        event_id: event.id,
-                        reason,
-                    });
-                }
-            },
+            }
         }
         delivery.acker.ack(BasicAckOptions::default()).await?;
         if offset.is_some_and(|offset| offset >= end) {
@@ -140,6 +128,33 @@ pub async fn replay(
     let _ = connection.close(200, "replay done").await;
     tracing::info!(?report, "replay finished");
     Ok(report)
+}
+
+/// Runs one logged event through `processor`, counting what happened in `report`.
+async fn replay_one(
+    processor: &EventProcessor,
+    event: &EventEnvelope,
+    report: &mut ReplayReport,
+) -> Result<(), ReplayError> {
+    match processor.handle_with_retries(event).await {
+        Ok(Outcome::Ignored) => report.events_ignored += 1,
+        Ok(Outcome::AlreadyDone) => report.events_already_done += 1,
+        Ok(Outcome::Handled { inserted, .. }) => {
+            report.events_handled += 1;
+            report.notifications_inserted += inserted;
+        }
+        Err(HandlerError::Permanent(reason)) => {
+            tracing::warn!(event_id = %event.id, %reason, "skipping an event that cannot be handled");
+            report.events_failed += 1;
+        }
+        Err(HandlerError::Transient(reason)) => {
+            return Err(ReplayError::Transient {
+                event_id: event.id,
+                reason,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The offset of the stream's last entry, or `None` when the stream is empty.

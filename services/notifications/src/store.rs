@@ -13,12 +13,12 @@
 //! Listing is keyset-paginated on `_id` (ObjectIds grow with time), newest first, served by the
 //! `{userId, _id}` and `{userId, read, _id}` indexes.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use mongodb::{
     Collection, Database, IndexModel,
-    bson::{self, Document, doc, oid::ObjectId},
+    bson::{self, Bson, Document, doc, oid::ObjectId},
     error::ErrorKind,
     options::{IndexOptions, ReturnDocument},
 };
@@ -114,6 +114,40 @@ pub struct EventProgress {
     pub updated_at: bson::DateTime,
 }
 
+/// One step of a fan-out, as [`NotificationStore::record_step`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgressStep<'a> {
+    /// Follower cursor after this step (`None`: from the start / nothing left).
+    pub cursor: Option<&'a str>,
+    /// Recipients each event handled in this step.
+    pub stored: i64,
+    pub completed: bool,
+}
+
+/// The positions of the documents an `insertMany` found already stored, when duplicates are all
+/// that went wrong; `None` for any other failure.
+fn duplicate_indexes(error: &mongodb::error::Error) -> Option<HashSet<usize>> {
+    match error.kind.as_ref() {
+        ErrorKind::InsertMany(failure)
+            if failure.write_concern_error.is_none()
+                && failure
+                    .write_errors
+                    .as_ref()
+                    .is_some_and(|e| e.iter().all(|w| w.code == DUPLICATE_KEY)) =>
+        {
+            Some(
+                failure
+                    .write_errors
+                    .iter()
+                    .flatten()
+                    .map(|w| w.index)
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
+}
+
 /// What one batch insert did.
 #[derive(Debug, Default)]
 pub struct StoredBatch {
@@ -167,35 +201,22 @@ impl NotificationStore {
         Ok(())
     }
 
-    /// Inserts `batch` (all from one event), tolerating notifications already stored by an
-    /// earlier delivery: those are read back, so the caller gets the whole batch as stored.
+    /// Inserts `batch` (from one event or several) with one `insertMany`, tolerating
+    /// notifications already stored by an earlier delivery: those are read back, so the caller
+    /// gets the whole batch as stored.
     pub async fn insert_batch(
         &self,
         batch: Vec<NotificationDocument>,
     ) -> Result<StoredBatch, NotificationsError> {
-        let Some(first) = batch.first() else {
+        if batch.is_empty() {
             return Ok(StoredBatch::default());
-        };
-        let event_id = first.event_id.clone();
+        }
         let outcome = self.notifications.insert_many(&batch).ordered(false).await;
         let duplicates: HashSet<usize> = match outcome {
             Ok(_) => HashSet::new(),
-            Err(error) => match error.kind.as_ref() {
-                ErrorKind::InsertMany(failure)
-                    if failure.write_concern_error.is_none()
-                        && failure
-                            .write_errors
-                            .as_ref()
-                            .is_some_and(|e| e.iter().all(|w| w.code == DUPLICATE_KEY)) =>
-                {
-                    failure
-                        .write_errors
-                        .iter()
-                        .flatten()
-                        .map(|w| w.index)
-                        .collect()
-                }
-                _ => return Err(error.into()),
+            Err(error) => match duplicate_indexes(&error) {
+                Some(indexes) => indexes,
+                None => return Err(error.into()),
             },
         };
         if duplicates.is_empty() {
@@ -210,12 +231,22 @@ impl NotificationStore {
             .enumerate()
             .partition(|(index, _)| !duplicates.contains(index));
         let inserted = fresh.len();
-        let recipients: Vec<String> = repeated.into_iter().map(|(_, n)| n.user_id).collect();
+        let mut recipients_by_event: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (_, notification) in repeated {
+            recipients_by_event
+                .entry(notification.event_id)
+                .or_default()
+                .push(notification.user_id);
+        }
+        let stored_before: Vec<Document> = recipients_by_event
+            .into_iter()
+            .map(|(event_id, recipients)| doc! { "eventId": event_id, "userId": { "$in": recipients } })
+            .collect();
         let mut notifications: Vec<NotificationDocument> =
             fresh.into_iter().map(|(_, n)| n).collect();
         let existing: Vec<NotificationDocument> = self
             .notifications
-            .find(doc! { "eventId": &event_id, "userId": { "$in": &recipients } })
+            .find(doc! { "$or": stored_before })
             .await?
             .try_collect()
             .await?;
@@ -237,11 +268,93 @@ impl NotificationStore {
             .await?)
     }
 
+    /// Progress of those of `event_ids` that have any recorded, by event id: one query.
+    pub async fn progress_of(
+        &self,
+        event_ids: &[Uuid],
+    ) -> Result<HashMap<String, EventProgress>, NotificationsError> {
+        if event_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<String> = event_ids.iter().map(Uuid::to_string).collect();
+        let found: Vec<EventProgress> = self
+            .progress
+            .find(doc! { "_id": { "$in": ids } })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(found
+            .into_iter()
+            .map(|progress| (progress.event_id.clone(), progress))
+            .collect())
+    }
+
     /// Records how far an event got (upsert; later calls overwrite earlier ones).
     pub async fn save_progress(&self, progress: &EventProgress) -> Result<(), NotificationsError> {
         self.progress
             .replace_one(doc! { "_id": &progress.event_id }, progress)
             .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// Records one step of several events handled together: each of them handled `stored` more
+    /// recipients and stands at `cursor` (`completed` when done). One write for all of them: an
+    /// `insertMany` of new records when `first_step` (falling back to an update for any that
+    /// exist already, say from a duplicate publish), else one `updateMany`.
+    pub async fn record_step(
+        &self,
+        events: &[String],
+        event_type: &str,
+        step: ProgressStep<'_>,
+        first_step: bool,
+    ) -> Result<(), NotificationsError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let now = bson::DateTime::now();
+        let mut to_update: Vec<String> = Vec::new();
+        if first_step {
+            let records: Vec<EventProgress> = events
+                .iter()
+                .map(|id| EventProgress {
+                    event_id: id.clone(),
+                    event_type: event_type.to_owned(),
+                    cursor: step.cursor.map(str::to_owned),
+                    stored: step.stored,
+                    completed: step.completed,
+                    updated_at: now,
+                })
+                .collect();
+            match self.progress.insert_many(&records).ordered(false).await {
+                Ok(_) => return Ok(()),
+                Err(error) => match duplicate_indexes(&error) {
+                    Some(indexes) => {
+                        to_update = indexes
+                            .into_iter()
+                            .filter_map(|index| events.get(index).cloned())
+                            .collect();
+                    }
+                    None => return Err(error.into()),
+                },
+            }
+        } else {
+            to_update.extend(events.iter().cloned());
+        }
+        if to_update.is_empty() {
+            return Ok(());
+        }
+        let cursor = step
+            .cursor
+            .map_or(Bson::Null, |c| Bson::String(c.to_owned()));
+        self.progress
+            .update_many(
+                doc! { "_id": { "$in": to_update } },
+                doc! {
+                    "$set": { "cursor": cursor, "completed": step.completed, "updatedAt": now },
+                    "$inc": { "stored": step.stored },
+                },
+            )
             .await?;
         Ok(())
     }

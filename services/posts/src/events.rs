@@ -15,12 +15,15 @@
 //! handled in any order: the feed read decides who counts and what still exists, so a late
 //! `user.followed` backfill after an unfollow only leaves entries the read skips.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use instaclone_shared::{
-    amqp::{HandlerError, QueueSpec},
+    amqp::{Batch, HandlerError, QueueSpec, Rejected},
     config::AmqpSettings,
-    events::{EventEnvelope, PostCreated, PostDeleted, UserFollowed, UserUnfollowed, event_type},
+    events::{
+        EventEnvelope, EventError, PostCreated, PostDeleted, UserFollowed, UserUnfollowed,
+        event_type,
+    },
 };
 use mongodb::bson::oid::ObjectId;
 use tokio_util::sync::CancellationToken;
@@ -60,23 +63,23 @@ impl From<PostsError> for HandlerError {
     }
 }
 
-/// Longest pause between two attempts at an event while a backing service is down.
+/// Longest pause between two attempts at a batch while a backing service is down.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// [`handle`], retried in place while Redis, MongoDB or the users service does not answer, until
 /// it succeeds or `shutdown` (then the broker redelivers it). Giving up after a few attempts would
-/// dead-letter the event and leave a hole in timelines that believe themselves complete; holding
-/// it instead backs the (bounded) queue up, and behind it the producers' outboxes.
+/// dead-letter the events and leave a hole in timelines that believe themselves complete; holding
+/// them instead backs the (bounded) queue up, and behind it the producers' outboxes.
 pub async fn handle_until_done(
     feed: &HomeFeed,
-    event: &EventEnvelope,
+    batch: Batch,
     shutdown: &CancellationToken,
-) -> Result<(), HandlerError> {
+) -> Result<Vec<Rejected>, HandlerError> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match handle(feed, event).await {
+        match handle(feed, &batch).await {
             Err(HandlerError::Transient(reason)) => {
-                tracing::warn!(event_id = %event.id, %reason, retry_in = ?delay, "timeline update failed; retrying");
+                tracing::warn!(events = batch.events.len(), %reason, retry_in = ?delay, "timeline update failed; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.cancelled() => return Err(HandlerError::Transient(reason)),
@@ -88,31 +91,80 @@ pub async fn handle_until_done(
     }
 }
 
-/// Applies one event to the timelines it concerns.
-#[tracing::instrument(skip_all, fields(event_id = %event.id, event_type = %event.event_type))]
-pub async fn handle(feed: &HomeFeed, event: &EventEnvelope) -> Result<(), HandlerError> {
-    let malformed =
-        |e: instaclone_shared::events::EventError| HandlerError::Permanent(e.to_string());
-    match event.event_type.as_str() {
-        event_type::POST_CREATED => {
-            let post = event.data::<PostCreated>().map_err(malformed)?;
-            fan_out(feed, post.author_id, &post.post_id, Change::Add).await?;
+/// What a batch asks of the timelines, gathered so each author's followers are read once.
+#[derive(Default)]
+struct Changes {
+    /// Post ids by author, to add to or remove from the author's and followers' timelines.
+    created: BTreeMap<Uuid, Vec<String>>,
+    deleted: BTreeMap<Uuid, Vec<String>>,
+    /// (follower, followed, change), in the batch's order.
+    follows: Vec<(Uuid, Uuid, Change)>,
+}
+
+impl Changes {
+    fn gather(batch: &Batch) -> (Self, Vec<Rejected>) {
+        let mut changes = Self::default();
+        let mut rejected = Vec::new();
+        for event in &batch.events {
+            if let Err(error) = changes.add(event) {
+                rejected.push(Rejected {
+                    event: event.clone(),
+                    reason: error.to_string(),
+                });
+            }
         }
-        event_type::POST_DELETED => {
-            let post = event.data::<PostDeleted>().map_err(malformed)?;
-            fan_out(feed, post.author_id, &post.post_id, Change::Remove).await?;
-        }
-        event_type::USER_FOLLOWED => {
-            let follow = event.data::<UserFollowed>().map_err(malformed)?;
-            backfill(feed, follow.follower_id, follow.followed_id, Change::Add).await?;
-        }
-        event_type::USER_UNFOLLOWED => {
-            let follow = event.data::<UserUnfollowed>().map_err(malformed)?;
-            backfill(feed, follow.follower_id, follow.followed_id, Change::Remove).await?;
-        }
-        _ => {}
+        (changes, rejected)
     }
-    Ok(())
+
+    fn add(&mut self, event: &EventEnvelope) -> Result<(), EventError> {
+        match event.event_type.as_str() {
+            event_type::POST_CREATED => {
+                let post = event.data::<PostCreated>()?;
+                push_post(&mut self.created, post.author_id, post.post_id);
+            }
+            event_type::POST_DELETED => {
+                let post = event.data::<PostDeleted>()?;
+                push_post(&mut self.deleted, post.author_id, post.post_id);
+            }
+            event_type::USER_FOLLOWED => {
+                let follow = event.data::<UserFollowed>()?;
+                let pair = (follow.follower_id, follow.followed_id, Change::Add);
+                self.follows.push(pair);
+            }
+            event_type::USER_UNFOLLOWED => {
+                let follow = event.data::<UserUnfollowed>()?;
+                let pair = (follow.follower_id, follow.followed_id, Change::Remove);
+                self.follows.push(pair);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn push_post(posts: &mut BTreeMap<Uuid, Vec<String>>, author: Uuid, post_id: String) {
+    if ObjectId::parse_str(&post_id).is_err() {
+        tracing::warn!(%post_id, "ignoring a post event whose post id is not an ObjectId");
+        return;
+    }
+    posts.entry(author).or_default().push(post_id);
+}
+
+/// Applies a batch of events to the timelines they concern: each author's new (or deleted)
+/// posts go to their followers in one walk of the follower list, whatever their number.
+#[tracing::instrument(skip_all, fields(events = batch.events.len()))]
+pub async fn handle(feed: &HomeFeed, batch: &Batch) -> Result<Vec<Rejected>, HandlerError> {
+    let (changes, rejected) = Changes::gather(batch);
+    for (author, ids) in &changes.created {
+        fan_out(feed, *author, ids, Change::Add).await?;
+    }
+    for (author, ids) in &changes.deleted {
+        fan_out(feed, *author, ids, Change::Remove).await?;
+    }
+    for &(follower, followed, change) in &changes.follows {
+        backfill(feed, follower, followed, change).await?;
+    }
+    Ok(rejected)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,27 +186,22 @@ async fn apply(
     Ok(())
 }
 
-/// The post goes into (or out of) the timelines of its author and of each follower, one page of
-/// followers at a time.
+/// The posts `ids` of `author` go into (or out of) the timelines of the author and of each
+/// follower, one page of followers at a time.
 async fn fan_out(
     feed: &HomeFeed,
     author: Uuid,
-    post_id: &str,
+    ids: &[String],
     change: Change,
 ) -> Result<(), PostsError> {
-    if ObjectId::parse_str(post_id).is_err() {
-        tracing::warn!(%post_id, "ignoring a post event whose post id is not an ObjectId");
-        return Ok(());
-    }
-    let ids = [post_id.to_owned()];
-    apply(&feed.timelines, change, &[author], &ids).await?;
+    apply(&feed.timelines, change, &[author], ids).await?;
     let mut followers = feed.graph.users().followers(author);
     let mut readers = 0usize;
     while let Some(page) = followers.next_page().await? {
-        apply(&feed.timelines, change, &page, &ids).await?;
+        apply(&feed.timelines, change, &page, ids).await?;
         readers += page.len();
     }
-    tracing::debug!(%author, %post_id, followers = readers, ?change, "fanned out");
+    tracing::debug!(%author, posts = ids.len(), followers = readers, ?change, "fanned out");
     Ok(())
 }
 

@@ -110,9 +110,9 @@ pub async fn build(
         settings.amqp.clone(),
         timeline_queue,
         shutdown.clone(),
-        move |event| {
+        move |batch| {
             let (feed, shutdown) = (feed.clone(), shutdown.clone());
-            async move { events::handle_until_done(&feed, &event, &shutdown).await }
+            async move { events::handle_until_done(&feed, batch, &shutdown).await }
         },
     ));
     Ok(app)

@@ -108,7 +108,7 @@ pub async fn build(
         settings.amqp.clone(),
         posts_count::queue_spec(&settings.amqp),
         shutdown,
-        move |event| posts_count::apply(consumer_pool.clone(), event),
+        move |batch| posts_count::apply_batch(consumer_pool.clone(), batch),
     ));
     Ok(app)
 }

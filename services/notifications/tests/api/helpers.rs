@@ -289,9 +289,10 @@ impl CreatedListener {
                 .expect("notification.created not received in time")
                 .unwrap()
                 .unwrap();
-            let event = EventEnvelope::from_slice(&delivery.data).unwrap();
-            let batch: NotificationCreated = event.data().unwrap();
-            self.seen.extend(batch.notifications);
+            for event in EventEnvelope::decode_batch(&delivery.data).unwrap() {
+                let batch: NotificationCreated = event.data().unwrap();
+                self.seen.extend(batch.notifications);
+            }
         }
     }
 

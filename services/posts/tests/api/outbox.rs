@@ -7,36 +7,11 @@ use instaclone_shared::{
     events::{EventEnvelope, PostCreated, PostDeleted},
     testing::{TcpProxy, TestEnv},
 };
-use lapin::options::BasicGetOptions;
 use mongodb::bson::{self, doc, oid::ObjectId};
 use reqwest::StatusCode;
 use uuid::Uuid;
 
 use crate::helpers::{spawn_app_with, user};
-
-/// Events delivered to `queue`, waiting up to `within` for `count` of them.
-async fn receive(
-    channel: &lapin::Channel,
-    queue: &str,
-    count: usize,
-    within: Duration,
-) -> Vec<EventEnvelope> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut events = Vec::new();
-    while events.len() < count && tokio::time::Instant::now() < deadline {
-        match channel
-            .basic_get(queue, BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(message) => {
-                events.push(EventEnvelope::from_slice(&message.delivery.data).unwrap())
-            }
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    events
-}
 
 #[tokio::test]
 async fn events_written_while_the_broker_is_down_are_published_once_it_is_back() {
@@ -53,7 +28,7 @@ async fn events_written_while_the_broker_is_down_are_published_once_it_is_back()
 
     let first = app.create_post(&token, "while the broker is up").await;
     let first_id = first["_id"].as_str().unwrap().to_owned();
-    let events = receive(&observer, &queue, 1, Duration::from_secs(15)).await;
+    let events = TestEnv::receive_events(&observer, &queue, 1, Duration::from_secs(15)).await;
     assert_eq!(events.len(), 1, "post.created while up");
     let created: PostCreated = events[0].data().unwrap();
     assert_eq!(created.post_id, first_id);
@@ -91,7 +66,7 @@ async fn events_written_while_the_broker_is_down_are_published_once_it_is_back()
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        receive(&observer, &queue, 1, Duration::from_millis(300))
+        TestEnv::receive_events(&observer, &queue, 1, Duration::from_millis(300))
             .await
             .is_empty(),
         "nothing can get through the cut proxy"
@@ -106,7 +81,7 @@ async fn events_written_while_the_broker_is_down_are_published_once_it_is_back()
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     proxy.restore().await;
-    let mut events = receive(&observer, &queue, 2, Duration::from_secs(30)).await;
+    let mut events = TestEnv::receive_events(&observer, &queue, 2, Duration::from_secs(30)).await;
     assert_eq!(
         events.len(),
         2,
@@ -143,7 +118,7 @@ async fn events_written_while_the_broker_is_down_are_published_once_it_is_back()
     assert_eq!(app.list_ids(&token, "/posts/me").await, [second_id]);
     // No duplicate was published.
     assert!(
-        receive(&observer, &queue, 1, Duration::from_millis(500))
+        TestEnv::receive_events(&observer, &queue, 1, Duration::from_millis(500))
             .await
             .is_empty()
     );
@@ -186,7 +161,7 @@ async fn events_left_pending_by_a_stopped_process_are_published_by_the_next_one(
 
     // The next process's first relay round sweeps the backlog.
     let _app = spawn_app_with(env).await;
-    let events = receive(&observer, &queue, 1, Duration::from_secs(15)).await;
+    let events = TestEnv::receive_events(&observer, &queue, 1, Duration::from_secs(15)).await;
     assert_eq!(events.len(), 1, "the leftover event is published");
     assert_eq!(events[0].id, event.id);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

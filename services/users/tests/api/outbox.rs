@@ -4,37 +4,12 @@
 use std::time::Duration;
 
 use instaclone_shared::{
-    events::{EventEnvelope, UserFollowed, UserUnfollowed},
+    events::{UserFollowed, UserUnfollowed},
     testing::{TcpProxy, TestEnv},
 };
-use lapin::options::BasicGetOptions;
 use reqwest::StatusCode;
 
 use crate::helpers::spawn_app_with;
-
-/// Waits up to `timeout` for `count` messages on `queue`.
-async fn receive(
-    channel: &lapin::Channel,
-    queue: &str,
-    count: usize,
-    timeout: Duration,
-) -> Vec<EventEnvelope> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut events = Vec::new();
-    while events.len() < count && tokio::time::Instant::now() < deadline {
-        match channel
-            .basic_get(queue, BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(message) => {
-                events.push(EventEnvelope::from_slice(&message.delivery.data).unwrap())
-            }
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    events
-}
 
 #[tokio::test]
 async fn follows_succeed_while_rabbitmq_is_down_and_their_events_go_out_after() {
@@ -61,7 +36,7 @@ async fn follows_succeed_while_rabbitmq_is_down_and_their_events_go_out_after() 
 
     // Nothing can have gone out: the events wait in the outbox.
     assert!(
-        receive(&channel, &queue, 1, Duration::from_secs(1))
+        TestEnv::receive_events(&channel, &queue, 1, Duration::from_secs(1))
             .await
             .is_empty()
     );
@@ -73,7 +48,7 @@ async fn follows_succeed_while_rabbitmq_is_down_and_their_events_go_out_after() 
     assert_eq!(pending, 3);
 
     proxy.restore().await;
-    let events = receive(&channel, &queue, 3, Duration::from_secs(20)).await;
+    let events = TestEnv::receive_events(&channel, &queue, 3, Duration::from_secs(20)).await;
     assert_eq!(events.len(), 3, "{events:?}");
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types, ["user.followed", "user.followed", "user.unfollowed"]);
@@ -113,7 +88,7 @@ async fn follows_succeed_while_rabbitmq_is_down_and_their_events_go_out_after() 
     }
     // Nothing was published twice.
     assert!(
-        receive(&channel, &queue, 1, Duration::from_millis(500))
+        TestEnv::receive_events(&channel, &queue, 1, Duration::from_millis(500))
             .await
             .is_empty()
     );
