@@ -34,6 +34,8 @@ pub enum StoreError {
     Decode(String),
     #[error("cannot build an event: {0}")]
     Event(#[from] instaclone_shared::events::EventError),
+    #[error("MongoDB refused the write: {0}")]
+    Write(String),
 }
 
 impl From<PostsError> for ApiError {

@@ -11,9 +11,11 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod feed;
+pub mod outbox;
 pub mod routes;
 pub mod store;
 pub mod timeline;
+pub mod writer;
 
 use instaclone_shared::{
     amqp::{self, EventPublisher},

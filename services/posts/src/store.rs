@@ -10,33 +10,25 @@
 //! - delete: one `updateOne` that marks the post deleted (`deletedAt`, a tombstone hidden from
 //!   every read) and pushes `post.deleted` onto `pendingEvents`.
 //!
-//! The relay ([`OutboxStore`]) finds documents with something pending through a partial index on
-//! `pendingSince`, publishes with confirms, then `$pull`s exactly the published events. A
-//! document whose pending list became empty loses its outbox fields, or, if it is a tombstone, is
-//! removed: only once `post.deleted` is confirmed does the post really disappear, so the event can
-//! never be lost with it. Every step is a conditional single-document write, so a delete racing
-//! with the relay cannot lose an event (the `$size: 0` condition fails when one was just pushed).
+//! The relay ([`crate::outbox`]) publishes with confirms, then settles the published events'
+//! documents: a document whose pending list became empty loses its outbox fields, or, if it is a
+//! tombstone, is removed: only once `post.deleted` is confirmed does the post really disappear,
+//! so the event can never be lost with it. Every step is conditional on the pending list, so a
+//! delete racing with the relay cannot lose an event.
+//!
+//! New posts are written through a [`BatchWriter`]: concurrent creates share one `insertMany`,
+//! and a create is one write before its `201`.
 //!
 //! Lists read the `{userId: 1, _id: -1}` index: one author's posts are one index range, and a
 //! feed over many authors is a merge of those ranges (`$in` + sort on `_id`, in chunks of at most
 //! [`AUTHORS_PER_QUERY`] authors), so a page costs about `limit` documents per chunk plus one
 //! index probe per author, however many posts the store holds.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use instaclone_shared::{
-    events::{EventEnvelope, PostCreated, PostDeleted},
-    outbox::OutboxStore,
-};
+use instaclone_shared::events::{EventEnvelope, PostCreated, PostDeleted};
 use mongodb::{
     Collection, IndexModel,
     bson::{self, Bson, Document, doc, oid::ObjectId},
@@ -49,6 +41,8 @@ use crate::{
     SERVICE_NAME,
     domain::{Caption, MediaUrl, PageRequest, PostId},
     error::StoreError,
+    outbox::{self, OutboxTrail},
+    writer::BatchWriter,
 };
 
 /// The collection of posts in the service's own database.
@@ -121,77 +115,8 @@ pub enum DeleteOutcome {
 #[derive(Clone, Debug)]
 pub struct PostStore {
     posts: Collection<Document>,
+    writer: BatchWriter,
     outbox: Arc<OutboxTrail>,
-}
-
-/// How often the relay sweeps the whole backlog for documents it was not told about: written by
-/// another replica, or left pending by a process that died before its relay ran.
-pub const OUTBOX_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
-/// Written-but-unrelayed documents remembered at most; past that the next round sweeps.
-const OUTBOX_HINTS_MAX: usize = 10_000;
-
-/// What this process knows about its own outbox: the documents it just gave a pending event
-/// (so the relay reads them by `_id`, not by a backlog query, which the test server can only
-/// answer with a collection scan) and which document each event the relay handed out lives in
-/// (so marking them published touches only those).
-#[derive(Debug)]
-struct OutboxTrail {
-    hints: Mutex<Vec<ObjectId>>,
-    /// Set when hints were dropped for lack of room: sweep on the next round.
-    overflowed: AtomicBool,
-    last_sweep: Mutex<Option<Instant>>,
-    handed_out: Mutex<HashMap<Uuid, ObjectId>>,
-}
-
-impl OutboxTrail {
-    fn new() -> Self {
-        Self {
-            hints: Mutex::new(Vec::new()),
-            overflowed: AtomicBool::new(false),
-            // The first round after a start sweeps: a previous process may have left a backlog.
-            last_sweep: Mutex::new(None),
-            handed_out: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn hint(&self, id: ObjectId) {
-        let mut hints = lock(&self.hints);
-        if hints.len() < OUTBOX_HINTS_MAX {
-            hints.push(id);
-        } else {
-            self.overflowed.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// The oldest `limit` hints. They stay until their documents are found settled.
-    fn peek_hints(&self, limit: usize) -> Vec<ObjectId> {
-        lock(&self.hints).iter().take(limit).copied().collect()
-    }
-
-    /// Forgets hints whose documents have nothing pending any more.
-    fn forget(&self, settled: &[ObjectId]) {
-        if !settled.is_empty() {
-            lock(&self.hints).retain(|id| !settled.contains(id));
-        }
-    }
-
-    /// Whether a sweep is due now; if so, it counts as done from now on.
-    fn sweep_due(&self) -> bool {
-        let mut last = lock(&self.last_sweep);
-        let due = self.overflowed.swap(false, Ordering::Relaxed)
-            || last.is_none_or(|at| at.elapsed() >= OUTBOX_SWEEP_INTERVAL);
-        if due {
-            *last = Some(Instant::now());
-        }
-        due
-    }
-}
-
-/// A poisoned lock only means another thread panicked mid-update of plain data; carry on.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Fields a read never returns: the outbox and the tombstone mark.
@@ -200,17 +125,8 @@ fn public_projection() -> Document {
 }
 
 /// Filter part that hides tombstones from every read.
-fn live() -> Document {
+pub(crate) fn live() -> Document {
     doc! { "deletedAt": { "$exists": false } }
-}
-
-/// Filter part that selects the outbox backlog through its partial index. A range on
-/// `pendingSince` (always a time after 1970) rather than `$exists: true`: MongoDB reads the
-/// partial index for either (a comparison implies existence), but the test server scans the
-/// whole collection for `$exists`, which at a million posts made every relay round cost seconds.
-/// (It also matches nothing for a bound before 1970, hence not `DateTime::MIN`.)
-fn with_pending_events() -> Document {
-    doc! { "pendingSince": { "$gte": bson::DateTime::from_millis(0) } }
 }
 
 fn to_chrono(at: bson::DateTime) -> DateTime<Utc> {
@@ -223,21 +139,23 @@ fn now_millis() -> (DateTime<Utc>, bson::DateTime) {
     (to_chrono(stored), stored)
 }
 
-/// An event as kept in a document's `pendingEvents` until the broker confirms it.
-fn pending_event(event: &EventEnvelope) -> Result<Document, StoreError> {
-    Ok(bson::to_document(event)?)
-}
-
-fn event_from_pending(stored: Document) -> Result<EventEnvelope, StoreError> {
-    bson::from_document(stored).map_err(|e| StoreError::Decode(format!("pending event: {e}")))
-}
-
 impl PostStore {
+    /// The store of `database`'s posts; starts its batch writer on the current runtime.
     pub fn new(database: &mongodb::Database) -> Self {
+        let posts = database.collection(POSTS_COLLECTION);
         Self {
-            posts: database.collection(POSTS_COLLECTION),
+            writer: BatchWriter::spawn(posts.clone()),
+            posts,
             outbox: Arc::new(OutboxTrail::new()),
         }
+    }
+
+    pub(crate) fn posts(&self) -> &Collection<Document> {
+        &self.posts
+    }
+
+    pub(crate) fn outbox(&self) -> &OutboxTrail {
+        &self.outbox
     }
 
     /// Creates the indexes every query of this service needs. Idempotent; run at start.
@@ -300,11 +218,11 @@ impl PostStore {
             "mediaUrl": &view.media_url,
             "createdAt": stored_now,
             "updatedAt": stored_now,
-            "pendingEvents": [pending_event(&event)?],
+            "pendingEvents": [outbox::pending_event(&event)?],
             "pendingSince": stored_now,
         };
-        self.posts.insert_one(document).await?;
-        self.outbox.hint(id);
+        self.writer.insert(document).await?;
+        self.outbox.hint(id, event);
         Ok(view)
     }
 
@@ -342,7 +260,7 @@ impl PostStore {
         filter.insert("userId", caller.to_string());
         let update = doc! {
             "$set": { "deletedAt": stored_now },
-            "$push": { "pendingEvents": pending_event(&event)? },
+            "$push": { "pendingEvents": outbox::pending_event(&event)? },
             "$min": { "pendingSince": stored_now },
         };
         let result = self.posts.update_one(filter, update).await?;
@@ -350,7 +268,7 @@ impl PostStore {
             // Deleted by a concurrent request between our read and our update.
             return Ok(DeleteOutcome::NotFound);
         }
-        self.outbox.hint(id.object_id());
+        self.outbox.hint(id.object_id(), event);
         Ok(DeleteOutcome::Deleted(post))
     }
 
@@ -484,153 +402,4 @@ fn decode_post(document: Document) -> Result<PostView, StoreError> {
     let stored: StoredPost =
         bson::from_document(document).map_err(|e| StoreError::Decode(e.to_string()))?;
     stored.into_view()
-}
-
-/// Outbox fields of a document, read by the relay.
-#[derive(Debug, Deserialize)]
-struct PendingDocument {
-    #[serde(rename = "_id")]
-    id: ObjectId,
-    #[serde(rename = "pendingEvents", default)]
-    pending_events: Vec<Document>,
-}
-
-impl OutboxStore for PostStore {
-    type Error = StoreError;
-
-    /// The hinted documents' events, read by `_id`; when there are none, the whole backlog (in
-    /// `pendingSince` order, through the partial index) every [`OUTBOX_SWEEP_INTERVAL`].
-    async fn pending(&self, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
-        let hinted = self.outbox.peek_hints(limit);
-        let mut filter = with_pending_events();
-        if !hinted.is_empty() {
-            filter.insert("_id", doc! { "$in": &hinted });
-        } else if !self.outbox.sweep_due() {
-            return Ok(Vec::new());
-        }
-        let cursor = self
-            .posts
-            .find(filter)
-            .projection(doc! { "pendingEvents": 1 })
-            .sort(doc! { "pendingSince": 1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await?;
-        let documents: Vec<Document> = cursor.try_collect().await?;
-        let mut events = Vec::new();
-        // Left with an empty list by a process that stopped between `$pull` and settling.
-        let mut emptied = Vec::new();
-        {
-            let mut handed_out = lock(&self.outbox.handed_out);
-            handed_out.clear();
-            for document in documents {
-                let pending: PendingDocument =
-                    bson::from_document(document).map_err(|e| StoreError::Decode(e.to_string()))?;
-                if pending.pending_events.is_empty() {
-                    emptied.push(pending.id);
-                }
-                for stored in pending.pending_events {
-                    match event_from_pending(stored) {
-                        Ok(event) => {
-                            handed_out.insert(event.id, pending.id);
-                            events.push(event);
-                        }
-                        // Cannot happen for documents this service wrote; never block the others.
-                        Err(error) => {
-                            tracing::error!(%error, "skipping an unreadable pending event")
-                        }
-                    }
-                }
-                if events.len() >= limit {
-                    break;
-                }
-            }
-        }
-        self.settle(&emptied).await?;
-        // Hinted documents the query did not return were settled (by another replica's relay).
-        let returned: Vec<ObjectId> = lock(&self.outbox.handed_out).values().copied().collect();
-        let gone: Vec<ObjectId> = hinted
-            .into_iter()
-            .filter(|id| !returned.contains(id))
-            .collect();
-        self.outbox.forget(&gone);
-        events.truncate(limit);
-        Ok(events)
-    }
-
-    async fn mark_published(&self, ids: &[Uuid]) -> Result<(), StoreError> {
-        let documents: Vec<ObjectId> = {
-            let handed_out = lock(&self.outbox.handed_out);
-            let mut documents: Vec<ObjectId> = ids
-                .iter()
-                .filter_map(|id| handed_out.get(id).copied())
-                .collect();
-            documents.sort_unstable();
-            documents.dedup();
-            documents
-        };
-        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        let mut filter = with_pending_events();
-        filter.insert("_id", doc! { "$in": &documents });
-        filter.insert("pendingEvents.id", doc! { "$in": &ids });
-        self.posts
-            .update_many(
-                filter,
-                doc! { "$pull": { "pendingEvents": { "id": { "$in": &ids } } } },
-            )
-            .await?;
-        // Their hints stay: the next `pending` finds which of them still hold an event (a
-        // delete may have pushed one since) and forgets the rest.
-        self.settle(&documents).await
-    }
-}
-
-impl PostStore {
-    /// Ends the outbox state of those `documents` whose pending list is empty: a live post loses
-    /// its outbox fields, a tombstone goes. Each write is conditional on the list being empty
-    /// *now*, so an event pushed since the `$pull` (a delete right after the create was
-    /// published) keeps its document pending.
-    async fn settle(&self, documents: &[ObjectId]) -> Result<(), StoreError> {
-        if documents.is_empty() {
-            return Ok(());
-        }
-        let mut settled = with_pending_events();
-        settled.insert("_id", doc! { "$in": documents });
-        settled.insert("pendingEvents", doc! { "$size": 0 });
-        let mut settled_live = settled.clone();
-        settled_live.extend(live());
-        self.posts
-            .update_many(
-                settled_live,
-                doc! { "$unset": { "pendingEvents": "", "pendingSince": "" } },
-            )
-            .await?;
-        let mut settled_tombstones = settled;
-        settled_tombstones.insert("deletedAt", doc! { "$exists": true });
-        self.posts.delete_many(settled_tombstones).await?;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pending_events_round_trip_through_bson() {
-        let event = EventEnvelope::new(
-            SERVICE_NAME,
-            &PostCreated {
-                post_id: ObjectId::new().to_hex(),
-                author_id: Uuid::now_v7(),
-                caption: Some("sunset 🌅".to_owned()),
-                media_url: "https://cdn.example.com/1.jpg".to_owned(),
-                created_at: now_millis().0,
-            },
-        )
-        .unwrap();
-        let stored = pending_event(&event).unwrap();
-        // The relay `$pull`s by this field, so it must be the id as a plain string.
-        assert_eq!(stored.get_str("id").unwrap(), event.id.to_string());
-        assert_eq!(event_from_pending(stored).unwrap(), event);
-    }
 }
