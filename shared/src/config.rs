@@ -188,8 +188,11 @@ pub struct HubSettings {
 pub struct TimelineSettings {
     /// Post ids kept per reader; older pages are read from MongoDB.
     pub capacity: NonZeroUsize,
-    /// A reader's timeline is dropped this long after their last feed read (rebuilt on return).
+    /// A reader's timeline (and follow set) is dropped this long after their last feed read
+    /// (rebuilt on return).
     pub ttl: Duration,
+    /// A post's cached body (what feed pages are made of) lives this long after it was written.
+    pub post_ttl: Duration,
 }
 
 /// Reads variables through a closure so tests can supply a map instead of the process env.
@@ -331,6 +334,7 @@ impl Settings {
                     NonZeroUsize::MIN.saturating_add(499),
                 )?,
                 ttl: env.seconds("FEED_TIMELINE_TTL_SECS", 3 * 24 * 3600)?,
+                post_ttl: env.seconds("FEED_POST_CACHE_TTL_SECS", 24 * 3600)?,
             },
             log_format: env.parse("LOG_FORMAT", LogFormat::Human)?,
             startup_wait: env.seconds("STARTUP_WAIT_SECS", 60)?,

@@ -9,6 +9,7 @@ pub mod clients;
 pub mod config;
 pub mod db;
 pub mod events;
+pub mod follow_cache;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -371,6 +371,15 @@ impl TcpProxy {
         Self::in_front_of(settings.redis.url.expose(), 6379).await
     }
 
+    /// A proxy in front of this environment's MongoDB-protocol server; returns it and the URL
+    /// through it (a direct connection, so the driver does not discover the server behind it).
+    pub async fn for_mongo(settings: &Settings) -> (Self, Secret<String>) {
+        let (proxy, url) = Self::in_front_of(settings.mongo.url.expose(), 27017).await;
+        let separator = if url.expose().contains('?') { '&' } else { '?' };
+        let direct = format!("{}{separator}directConnection=true", url.expose());
+        (proxy, Secret::new(direct))
+    }
+
     /// A proxy to the server of `url`, and `url` rewritten to go through it.
     async fn in_front_of(url: &str, default_port: u16) -> (Self, Secret<String>) {
         let upstream = host_port(url, default_port);

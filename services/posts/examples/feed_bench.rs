@@ -36,11 +36,12 @@ use std::{
 use anyhow::{Context, bail};
 use instaclone_posts::{
     store::{POSTS_COLLECTION, PostStore},
-    timeline::{HomeTimelines, TimelineWindow},
+    timeline::{Filter, HomeTimelines, TimelineWindow},
 };
 use instaclone_shared::{
     auth::InternalToken,
     clients::{MAX_ID_PAGE, NewUser, UsersClient},
+    follow_cache::FollowCache,
     testing::TestEnv,
 };
 use mongodb::bson::{doc, oid::ObjectId};
@@ -279,15 +280,24 @@ async fn main() -> anyhow::Result<()> {
         .json()
         .await?;
     let rebuild = started.elapsed();
+    let redis = env.redis().await;
+    let follows = FollowCache::new(
+        redis.clone(),
+        settings.redis.clone(),
+        settings.timelines.ttl,
+    );
     let timelines = HomeTimelines::new(
-        env.redis().await,
+        redis,
         &settings.redis.key_prefix,
         settings.timelines.clone(),
+        follows,
     );
     let capacity = settings.timelines.capacity.get();
-    let (floor, entries) = match timelines.read(reader, None, capacity).await? {
-        TimelineWindow::Ids { floor, ids } => (floor, ids.len()),
-        TimelineWindow::Missing => bail!("the first read left no timeline"),
+    let (floor, entries) = match timelines.read(reader, None, capacity, Filter::None).await? {
+        TimelineWindow::Entries { floor, entries, .. } => (floor, entries.len()),
+        TimelineWindow::Missing | TimelineWindow::NoFollowSet => {
+            bail!("the first read left no timeline")
+        }
     };
     println!(
         "first feed read (rebuilds the timeline from {} sources): {:.1} ms, {} posts on the page; timeline holds {entries} ids, floor {floor}",

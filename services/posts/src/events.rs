@@ -32,7 +32,7 @@ use uuid::Uuid;
 use crate::{
     error::PostsError,
     feed::HomeFeed,
-    timeline::{BUILDING, HomeTimelines},
+    timeline::{BUILDING, HomeTimelines, entry},
 };
 
 /// Name of the queue under the deployment's queue prefix.
@@ -159,9 +159,21 @@ pub async fn handle(feed: &HomeFeed, batch: &Batch) -> Result<Vec<Rejected>, Han
         fan_out(feed, *author, ids, Change::Add).await?;
     }
     for (author, ids) in &changes.deleted {
+        // Already done as the delete was answered; again here in case Redis missed that.
+        let bodies: Vec<&str> = ids.iter().map(String::as_str).collect();
+        feed.timelines
+            .tombstone_posts(&bodies)
+            .await
+            .map_err(PostsError::from)?;
         fan_out(feed, *author, ids, Change::Remove).await?;
     }
     for &(follower, followed, change) in &changes.follows {
+        // Done by the users service as the change committed; again here in case Redis missed it.
+        feed.timelines
+            .follows()
+            .invalidate(follower)
+            .await
+            .map_err(PostsError::from)?;
         backfill(feed, follower, followed, change).await?;
     }
     Ok(rejected)
@@ -177,11 +189,11 @@ async fn apply(
     timelines: &HomeTimelines,
     change: Change,
     readers: &[Uuid],
-    ids: &[String],
+    entries: &[String],
 ) -> Result<(), PostsError> {
     match change {
-        Change::Add => timelines.add(readers, ids).await?,
-        Change::Remove => timelines.remove(readers, ids).await?,
+        Change::Add => timelines.add(readers, entries).await?,
+        Change::Remove => timelines.remove(readers, entries).await?,
     }
     Ok(())
 }
@@ -194,25 +206,31 @@ async fn fan_out(
     ids: &[String],
     change: Change,
 ) -> Result<(), PostsError> {
-    apply(&feed.timelines, change, &[author], ids).await?;
+    let entries: Vec<String> = ids.iter().map(|id| entry(id, author)).collect();
+    apply(&feed.timelines, change, &[author], &entries).await?;
     let mut followers = feed.graph.users().followers(author);
     let mut readers = 0usize;
     while let Some(page) = followers.next_page().await? {
-        apply(&feed.timelines, change, &page, ids).await?;
+        apply(&feed.timelines, change, &page, &entries).await?;
         readers += page.len();
     }
     tracing::debug!(%author, posts = ids.len(), followers = readers, ?change, "fanned out");
     Ok(())
 }
 
-/// `follower`'s timeline gains (or loses) the posts of `followed` that lie within it: those at or
-/// above its floor, at most a timeline's capacity of them.
+/// `follower`'s timeline gains the posts of `followed` that lie within it (those at or above its
+/// floor, at most a timeline's capacity of them), or loses every post of `followed` it holds
+/// (deleted ones too: a `post.deleted` handled after the unfollow no longer reaches this
+/// follower).
 async fn backfill(
     feed: &HomeFeed,
     follower: Uuid,
     followed: Uuid,
     change: Change,
 ) -> Result<(), PostsError> {
+    if change == Change::Remove {
+        return Ok(feed.timelines.remove_author(follower, followed).await?);
+    }
     let Some(floor) = feed.timelines.floor(follower).await? else {
         return Ok(()); // no timeline: the next read rebuilds it from the follow graph
     };
@@ -223,12 +241,12 @@ async fn backfill(
         ObjectId::parse_str(&floor).ok()
     };
     let capacity = feed.timelines.settings().capacity.get();
-    let ids: Vec<String> = feed
+    let entries: Vec<String> = feed
         .store
         .newest_ids_by_author(followed, lowest, capacity)
         .await?
         .into_iter()
-        .map(ObjectId::to_hex)
+        .map(|id| entry(&id.to_hex(), followed))
         .collect();
-    apply(&feed.timelines, change, &[follower], &ids).await
+    apply(&feed.timelines, change, &[follower], &entries).await
 }

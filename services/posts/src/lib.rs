@@ -23,6 +23,7 @@ use instaclone_shared::{
     clients::UsersClient,
     config::Settings,
     db,
+    follow_cache::FollowCache,
     health::Dependency,
     outbox::{RelayWaker, run_relay},
     server::{ServiceApp, StartupError, service_router},
@@ -63,13 +64,19 @@ pub async fn build(
         .map_err(|e| StartupError::Config(format!("cannot create the posts indexes: {e}")))?;
 
     let redis = db::connect_redis(&settings.redis.url, settings.startup_wait).await?;
+    let follows = FollowCache::new(
+        redis.clone(),
+        settings.redis.clone(),
+        settings.timelines.ttl,
+    );
     let feed = HomeFeed {
         store: store.clone(),
-        graph: FollowGraph::new(users),
+        graph: FollowGraph::new(users, follows.clone()),
         timelines: HomeTimelines::new(
             redis.clone(),
             &settings.redis.key_prefix,
             settings.timelines.clone(),
+            follows,
         ),
     };
 

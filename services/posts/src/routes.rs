@@ -23,8 +23,9 @@ use uuid::Uuid;
 use crate::{
     domain::{Caption, MediaUrl, PageRequest, PostId, ValidationError},
     error::PostsError,
-    feed::HomeFeed,
+    feed::{FeedPost, HomeFeed},
     store::{DeleteOutcome, PostStore, PostView},
+    timeline::{self, HomeTimelines},
 };
 
 /// What every handler shares.
@@ -92,17 +93,25 @@ async fn create_post(
         .await
         .map_err(PostsError::from)?;
     state.relay_waker.wake();
-    // The author sees their post in their own feed at once; `post.created` adds it again (a
-    // no-op) and to every follower's timeline.
-    if let Err(error) = state
-        .feed
-        .timelines
-        .add(&[user.id], std::slice::from_ref(&created.id))
-        .await
-    {
-        tracing::warn!(%error, "could not add the new post to its author's timeline");
-    }
+    remember_created(&state.feed.timelines, &created).await;
     Ok(Envelope::created(created))
+}
+
+/// Caches the new post's body for feed pages and puts it in its author's own timeline at once
+/// (`post.created` adds it again, a no-op, and to every follower's). Both are caches: if Redis
+/// misses them, the feed reads MongoDB instead, so a failure is only logged.
+async fn remember_created(timelines: &HomeTimelines, created: &PostView) {
+    let entry = timeline::entry(&created.id, created.user_id);
+    let cache = async {
+        let body = serde_json::to_string(created).unwrap_or_default();
+        timelines.cache_posts(&[(&created.id, body)], true).await
+    };
+    let author = [created.user_id];
+    let add = timelines.add(&author, std::slice::from_ref(&entry));
+    let (cached, added) = tokio::join!(cache, add);
+    if let Err(error) = cached.and(added) {
+        tracing::warn!(%error, "could not cache the new post or add it to its author's timeline");
+    }
 }
 
 #[tracing::instrument(skip(state), fields(user = %user.id))]
@@ -133,6 +142,11 @@ async fn delete_post(
     {
         DeleteOutcome::Deleted(post) => {
             state.relay_waker.wake();
+            // From now on no feed page serves it; `post.deleted` repeats this and cleans the
+            // timelines up.
+            if let Err(error) = state.feed.timelines.tombstone_posts(&[&post.id]).await {
+                tracing::warn!(%error, "could not mark the deleted post in the post cache");
+            }
             Ok(Envelope::ok(post))
         }
         DeleteOutcome::NotFound => Err(PostsError::NotFound.into()),
@@ -181,7 +195,7 @@ async fn home_feed(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(query): ApiQuery<PageQuery>,
-) -> Result<Envelope<Vec<PostView>>, ApiError> {
+) -> Result<Envelope<Vec<FeedPost>>, ApiError> {
     let page = query.parse().map_err(PostsError::from)?;
     let posts = state.feed.page(user.id, page).await?;
     Ok(Envelope::ok(posts))

@@ -141,6 +141,7 @@ async fn follow(
         .follow(caller.id, body.user_id_to_follow)
         .await?;
     state.relay_waker.wake();
+    invalidate_follow_set(&state, caller.id).await;
     Ok(Envelope::created(edge.into()))
 }
 
@@ -161,7 +162,18 @@ async fn unfollow(
         .unfollow(caller.id, body.user_id_to_unfollow)
         .await?;
     state.relay_waker.wake();
+    invalidate_follow_set(&state, caller.id).await;
     Ok(Envelope::ok(edge.into()))
+}
+
+/// Drops the caller's cached follow set now that the change is committed, so their next feed
+/// read sees it. Should Redis not answer, the change still stands (it is committed) and the
+/// consumers of its event invalidate again; the failure is logged and counted.
+async fn invalidate_follow_set(state: &AppState, follower: Uuid) {
+    if let Err(error) = state.follow_cache.invalidate(follower).await {
+        metrics::counter!("users_follow_cache_invalidation_failures_total").increment(1);
+        tracing::warn!(%follower, %error, "could not invalidate the cached follow set");
+    }
 }
 
 /// `?limit=&cursor=`: `cursor` is the id of the last user of the previous page.

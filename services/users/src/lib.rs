@@ -24,6 +24,7 @@ use instaclone_shared::{
     auth::{InternalToken, TokenVerifier},
     config::Settings,
     db,
+    follow_cache::FollowCache,
     health::Dependency,
     outbox::{RelayWaker, run_relay},
     server::{ServiceApp, StartupError, service_router},
@@ -42,6 +43,8 @@ pub struct AppState {
     pub internal_token: InternalToken,
     /// Woken after a follow change commits, so its event goes out at once.
     pub relay_waker: RelayWaker,
+    /// The follow sets other services read; invalidated after each follow change commits.
+    pub follow_cache: FollowCache,
 }
 
 /// Connects to the backing services, migrates the database and binds the listener; serve with
@@ -67,12 +70,15 @@ pub async fn build(
         .await
         .map_err(|e| StartupError::Migrate(e.to_string()))?;
 
+    let redis = db::connect_redis(&settings.redis.url, settings.startup_wait).await?;
+    let follow_cache = FollowCache::new(redis, settings.redis.clone(), settings.timelines.ttl);
     let relay_waker = RelayWaker::default();
     let state = AppState {
         store: Store::new(pool.clone()),
         verifier,
         internal_token,
         relay_waker: relay_waker.clone(),
+        follow_cache,
     };
     let router = service_router(
         SERVICE_NAME,

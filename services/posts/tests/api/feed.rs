@@ -6,7 +6,9 @@ use reqwest::StatusCode;
 
 use instaclone_shared::testing::TcpProxy;
 
-use crate::helpers::{spawn_app_with_users, spawn_app_with_users_in};
+use crate::helpers::{
+    spawn_app_with_users, spawn_app_with_users_in, spawn_app_with_users_through_proxy,
+};
 
 #[tokio::test]
 async fn the_feed_follows_the_follow_graph() {
@@ -203,6 +205,44 @@ async fn the_feed_is_read_from_mongodb_while_redis_is_down() {
     redis.restore().await;
     app.eventually_ids(&reader_token, "/posts/feed", &expected)
         .await;
+}
+
+#[tokio::test]
+async fn pages_above_the_floor_need_neither_mongodb_nor_the_users_service() {
+    let mut env = instaclone_shared::testing::TestEnv::new();
+    let (mongo, through_proxy) = TcpProxy::for_mongo(&env.settings).await;
+    let direct = std::mem::replace(&mut env.settings.mongo.url, through_proxy);
+    let (mut app, users) = spawn_app_with_users_through_proxy(env).await;
+    // The test's own clean-up goes straight to the server.
+    app.env.settings.mongo.url = direct;
+    let (_, reader_token) = app.registered_user("ray").await;
+    let (author, author_token) = app.registered_user("sue").await;
+    app.set_following(&reader_token, author, true).await;
+    app.eventually_ids(&reader_token, "/posts/feed", &[]).await;
+    let mut expected = Vec::new();
+    for n in 0..5 {
+        let post = app.create_post(&author_token, &format!("sue {n}")).await;
+        expected.insert(0, post["_id"].as_str().unwrap().to_owned());
+    }
+    app.eventually_ids(&reader_token, "/posts/feed", &expected)
+        .await;
+
+    // With both cut off, the feed is still served: the timeline, the follow set and the post
+    // bodies are all in Redis.
+    mongo.cut();
+    users.cut();
+    assert_eq!(app.list_ids(&reader_token, "/posts/feed").await, expected);
+    let first = app.list_ids(&reader_token, "/posts/feed?limit=2").await;
+    assert_eq!(first, expected[..2]);
+    let rest = app
+        .list_ids(
+            &reader_token,
+            &format!("/posts/feed?limit=10&before={}", first[1]),
+        )
+        .await;
+    assert_eq!(rest, expected[2..]);
+    mongo.restore().await;
+    users.restore().await;
 }
 
 #[tokio::test]

@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
+use instaclone_posts::timeline::{self, HomeTimelines};
 use instaclone_shared::{
     auth::InternalToken,
     clients::{NewUser, UsersClient},
-    testing::TestEnv,
+    follow_cache::FollowCache,
+    testing::{TcpProxy, TestEnv},
 };
 use mongodb::bson::Document;
 use reqwest::StatusCode;
@@ -62,6 +64,23 @@ pub async fn spawn_app_with_users_in(mut env: TestEnv) -> TestApp {
     let token = InternalToken::new(env.settings.internal.token.clone().unwrap());
     let client = UsersClient::new(&address, token, Duration::from_secs(10));
     start(env, shutdown, Some(UsersService { address, client })).await
+}
+
+/// [`spawn_app_with_users_in`], with the posts service reaching the users service through a
+/// proxy the test can cut.
+pub async fn spawn_app_with_users_through_proxy(mut env: TestEnv) -> (TestApp, TcpProxy) {
+    let shutdown = CancellationToken::new();
+    let users = instaclone_users::build(&env.settings, shutdown.clone())
+        .await
+        .expect("build the users service");
+    let address = format!("http://{}", users.address());
+    tokio::spawn(users.run_until_stopped());
+    let proxy = TcpProxy::start(address.trim_start_matches("http://")).await;
+    env.settings.services.users = format!("http://127.0.0.1:{}", proxy.port());
+    let token = InternalToken::new(env.settings.internal.token.clone().unwrap());
+    let client = UsersClient::new(&address, token, Duration::from_secs(10));
+    let app = start(env, shutdown, Some(UsersService { address, client })).await;
+    (app, proxy)
 }
 
 async fn start(env: TestEnv, shutdown: CancellationToken, users: Option<UsersService>) -> TestApp {
@@ -171,19 +190,37 @@ impl TestApp {
         }
     }
 
+    /// The keys the service keeps home timelines, follow sets and post bodies under.
+    pub async fn timelines(&self) -> HomeTimelines {
+        let redis = self.env.redis().await;
+        let settings = &self.env.settings;
+        let follows = FollowCache::new(
+            redis.clone(),
+            settings.redis.clone(),
+            settings.timelines.ttl,
+        );
+        HomeTimelines::new(
+            redis,
+            &settings.redis.key_prefix,
+            settings.timelines.clone(),
+            follows,
+        )
+    }
+
     /// The post ids in `reader`'s home timeline in Redis, newest first (empty without one).
     pub async fn timeline_ids(&self, reader: Uuid) -> Vec<String> {
-        let key = format!(
-            "{}posts:timeline:{reader}",
-            self.env.settings.redis.key_prefix
-        );
-        redis::cmd("ZREVRANGEBYLEX")
+        let key = self.timelines().await.set_key(reader);
+        let entries: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
             .arg(key)
             .arg("+")
             .arg("-")
             .query_async(&mut self.env.redis().await)
             .await
-            .unwrap()
+            .unwrap();
+        entries
+            .iter()
+            .map(|entry| timeline::post_id_of(entry).to_owned())
+            .collect()
     }
 
     /// Waits (10 seconds at most) until `reader`'s Redis timeline holds exactly `expected`.
@@ -202,12 +239,13 @@ impl TestApp {
         }
     }
 
-    /// Drops `reader`'s home timeline, as a Redis restart would.
+    /// Drops `reader`'s home timeline and follow set, as a Redis restart would.
     pub async fn forget_timeline(&self, reader: Uuid) {
-        let prefix = &self.env.settings.redis.key_prefix;
+        let timelines = self.timelines().await;
         redis::cmd("DEL")
-            .arg(format!("{prefix}posts:timeline:{reader}"))
-            .arg(format!("{prefix}posts:timeline-floor:{reader}"))
+            .arg(timelines.set_key(reader))
+            .arg(timelines.floor_key(reader))
+            .arg(timelines.follows().set_key(reader))
             .exec_async(&mut self.env.redis().await)
             .await
             .unwrap();
