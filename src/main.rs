@@ -10,6 +10,7 @@ use std::{fmt, path::PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::future::try_join_all;
+use instaclone_gateway::{GatewaySettings, routes::Upstream};
 use instaclone_shared::{
     auth::{generate_internal_token, generate_key_pair},
     config::{Secret, Settings},
@@ -67,6 +68,21 @@ impl fmt::Display for Part {
     }
 }
 
+impl Part {
+    /// The upstream the gateway knows this part as (the gateway itself is none).
+    fn upstream(self) -> Option<Upstream> {
+        match self {
+            Self::Gateway => None,
+            Self::Auth => Some(Upstream::Auth),
+            Self::Users => Some(Upstream::Users),
+            Self::Posts => Some(Upstream::Posts),
+            Self::Notifications => Some(Upstream::Notifications),
+            Self::Hub => Some(Upstream::Hub),
+        }
+    }
+}
+
+/// Parts in start order: the gateway last, so it can call the others in-process.
 const ALL_PARTS: [Part; 6] = [
     Part::Users,
     Part::Auth,
@@ -83,11 +99,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Keygen { out } => keygen(&out),
         Command::Replay { since } => replay(since).await,
         Command::Run => {
-            let parts = if cli.only.is_empty() {
+            let mut parts = if cli.only.is_empty() {
                 ALL_PARTS.to_vec()
             } else {
                 cli.only
             };
+            parts.sort_by_key(|part| ALL_PARTS.iter().position(|p| p == part));
+            parts.dedup();
             run(&parts).await
         }
     }
@@ -135,11 +153,16 @@ async fn run(parts: &[Part]) -> anyhow::Result<()> {
 
     let shutdown = shutdown_on_signal();
     let mut apps = Vec::with_capacity(parts.len());
+    // The gateway (built last) calls the services of this process directly.
+    let mut in_process = Vec::new();
     for part in parts {
-        let app = build(*part, &settings, shutdown.clone())
+        let app = build(*part, &settings, shutdown.clone(), &in_process)
             .await
             .with_context(|| format!("cannot start {part}"))?;
         tracing::info!(part = %part, port = app.port(), "started");
+        if let Some(upstream) = part.upstream() {
+            in_process.push((upstream, app.router()));
+        }
         apps.push(app);
     }
     // If one part fails, stop the others instead of running half a platform.
@@ -181,9 +204,15 @@ async fn build(
     part: Part,
     settings: &Settings,
     shutdown: CancellationToken,
+    in_process: &[(Upstream, axum::Router)],
 ) -> anyhow::Result<ServiceApp> {
     Ok(match part {
-        Part::Gateway => instaclone_gateway::build(settings, shutdown).await?,
+        Part::Gateway => {
+            let gateway_settings = GatewaySettings::from_env()?;
+            let services = in_process.to_vec();
+            instaclone_gateway::build_in_process(settings, gateway_settings, services, shutdown)
+                .await?
+        }
         Part::Auth => instaclone_auth::build(settings, shutdown).await?,
         Part::Users => instaclone_users::build(settings, shutdown).await?,
         Part::Posts => instaclone_posts::build(settings, shutdown).await?,

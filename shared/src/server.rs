@@ -80,6 +80,11 @@ impl ServiceApp {
         self.address.port()
     }
 
+    /// The part's complete router (cheap to clone), for calling it in-process.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
     pub fn address(&self) -> SocketAddr {
         self.address
     }

@@ -303,6 +303,17 @@ pub async fn build_with(
     gateway_settings: GatewaySettings,
     shutdown: CancellationToken,
 ) -> Result<ServiceApp, StartupError> {
+    build_in_process(settings, gateway_settings, Vec::new(), shutdown).await
+}
+
+/// [`build_with`], serving the `in_process` services (those running in this process, as in the
+/// all-in-one binary) by calling their routers directly instead of over HTTP.
+pub async fn build_in_process(
+    settings: &Settings,
+    gateway_settings: GatewaySettings,
+    in_process: Vec<(Upstream, Router)>,
+    shutdown: CancellationToken,
+) -> Result<ServiceApp, StartupError> {
     // Fail at startup, not on the first request, when the token keys are missing or invalid.
     let verifier = TokenVerifier::from_settings(&settings.jwt)?;
     let services = &settings.services;
@@ -323,10 +334,13 @@ pub async fn build_with(
         hub.map_err(StartupError::Config)?,
     ];
     let redis = db::connect_redis(&settings.redis.url, settings.startup_wait).await?;
-    let proxy = Proxy::new(
-        addresses,
-        settings.internal.request_timeout,
-        gateway_settings.pool_max_idle_per_service,
+    let proxy = in_process.into_iter().fold(
+        Proxy::new(
+            addresses,
+            settings.internal.request_timeout,
+            gateway_settings.pool_max_idle_per_service,
+        ),
+        |proxy, (upstream, router)| proxy.with_local(upstream, router),
     );
     let feed_cache = (!gateway_settings.feed_cache_ttl.is_zero()).then(|| {
         FeedCache::new(

@@ -21,40 +21,66 @@ struct Platform {
     _stop: tokio_util::sync::DropGuard,
 }
 
-async fn start_platform() -> Platform {
+/// How the gateway reaches the services.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// Over HTTP, as separate processes would be.
+    Http,
+    /// By calling their routers, as in the all-in-one binary.
+    InProcess,
+}
+
+async fn start_platform(reach: Reach) -> Platform {
+    use instaclone_gateway::routes::Upstream;
     let mut env = TestEnv::new();
     let shutdown = CancellationToken::new();
     let url = |app: &instaclone_shared::server::ServiceApp| format!("http://{}", app.address());
+    let mut in_process = Vec::new();
+    let mut local = |upstream: Upstream, app: &instaclone_shared::server::ServiceApp| {
+        if reach == Reach::InProcess {
+            in_process.push((upstream, app.router()));
+        }
+    };
 
     let users = instaclone_users::build(&env.settings, shutdown.clone())
         .await
         .unwrap();
     env.settings.services.users = url(&users);
+    local(Upstream::Users, &users);
     tokio::spawn(users.run_until_stopped());
     let auth = instaclone_auth::build(&env.settings, shutdown.clone())
         .await
         .unwrap();
     env.settings.services.auth = url(&auth);
+    local(Upstream::Auth, &auth);
     tokio::spawn(auth.run_until_stopped());
     let posts = instaclone_posts::build(&env.settings, shutdown.clone())
         .await
         .unwrap();
     env.settings.services.posts = url(&posts);
+    local(Upstream::Posts, &posts);
     tokio::spawn(posts.run_until_stopped());
     let notifications = instaclone_notifications::build(&env.settings, shutdown.clone())
         .await
         .unwrap();
     env.settings.services.notifications = url(&notifications);
+    local(Upstream::Notifications, &notifications);
     tokio::spawn(notifications.run_until_stopped());
     let hub = instaclone_realtime_hub::build(&env.settings, shutdown.clone())
         .await
         .unwrap();
     env.settings.services.hub = url(&hub);
+    local(Upstream::Hub, &hub);
     tokio::spawn(hub.run_until_stopped());
 
-    let gateway = instaclone_gateway::build_with(&env.settings, test_settings(), shutdown.clone())
-        .await
-        .unwrap();
+    let gateway = instaclone_gateway::build_in_process(
+        &env.settings,
+        test_settings(),
+        in_process,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
     let address = url(&gateway);
     tokio::spawn(gateway.run_until_stopped());
     Platform {
@@ -121,8 +147,15 @@ fn ids(list: &Value, field: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn the_originals_request_sequence_works_through_the_gateway() {
-    let p = start_platform().await;
+    run_the_originals_sequence(start_platform(Reach::Http).await).await;
+}
 
+#[tokio::test]
+async fn the_originals_request_sequence_works_with_the_services_in_process() {
+    run_the_originals_sequence(start_platform(Reach::InProcess).await).await;
+}
+
+async fn run_the_originals_sequence(p: Platform) {
     // Register and log in.
     let (status, alice) = p
         .call("POST", "/auth/register", None, Some(json!({"email": "alice@example.com", "password": "correct horse battery", "username": "alice"})))
