@@ -38,6 +38,13 @@ use crate::{
 pub const OUTBOX_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// Written-but-unrelayed events remembered at most; past that the next round sweeps.
 const OUTBOX_HINTS_MAX: usize = 10_000;
+/// Published events' documents are settled together once this many wait...
+const SETTLE_BATCH: usize = 500;
+/// ... or once the oldest has waited this long: settling is a write per document, and one
+/// `updateMany` over many of them costs the server much less than many small ones. Until then
+/// a published event is only remembered as such here (a crash in between republishes it, which
+/// consumers absorb).
+const SETTLE_DELAY: Duration = Duration::from_millis(100);
 
 /// What this process knows about its own outbox: the events it just wrote into documents (so
 /// the relay publishes them without reading them back) and which document each event the relay
@@ -49,6 +56,22 @@ pub(crate) struct OutboxTrail {
     overflowed: AtomicBool,
     last_sweep: Mutex<Option<Instant>>,
     handed_out: Mutex<HashMap<Uuid, ObjectId>>,
+    unsettled: Mutex<Unsettled>,
+}
+
+/// Published events whose documents still carry them.
+#[derive(Debug, Default)]
+struct Unsettled {
+    documents: Vec<ObjectId>,
+    events: Vec<String>,
+    since: Option<Instant>,
+}
+
+impl Unsettled {
+    fn is_due(&self) -> bool {
+        self.documents.len() >= SETTLE_BATCH
+            || self.since.is_some_and(|at| at.elapsed() >= SETTLE_DELAY)
+    }
 }
 
 impl OutboxTrail {
@@ -59,7 +82,29 @@ impl OutboxTrail {
             // The first round after a start sweeps: a previous process may have left a backlog.
             last_sweep: Mutex::new(None),
             handed_out: Mutex::new(HashMap::new()),
+            unsettled: Mutex::new(Unsettled::default()),
         }
+    }
+
+    /// Takes the unsettled documents and their events, if settling is due (or `force`).
+    fn take_unsettled(&self, force: bool) -> Option<(Vec<ObjectId>, Vec<String>)> {
+        let mut unsettled = lock(&self.unsettled);
+        if unsettled.documents.is_empty() || !(force || unsettled.is_due()) {
+            return None;
+        }
+        let taken = std::mem::take(&mut *unsettled);
+        let mut documents = taken.documents;
+        documents.sort_unstable();
+        documents.dedup();
+        Some((documents, taken.events))
+    }
+
+    /// Gives documents back after a failed settle, to be tried again.
+    fn keep_unsettled(&self, documents: Vec<ObjectId>, events: Vec<String>) {
+        let mut unsettled = lock(&self.unsettled);
+        unsettled.documents.extend(documents);
+        unsettled.events.extend(events);
+        unsettled.since.get_or_insert_with(Instant::now);
     }
 
     /// `event` is now pending in the document `id` (the write is committed).
@@ -142,6 +187,7 @@ impl OutboxStore for PostStore {
     /// `pendingSince` order, through the partial index) every [`OUTBOX_SWEEP_INTERVAL`].
     async fn pending(&self, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
         let trail = self.outbox();
+        self.settle_published(false).await?;
         let hinted = trail.peek_hints(limit);
         if !hinted.is_empty() {
             trail.hand_out(hinted.iter().map(|(document, event)| (event.id, *document)));
@@ -150,31 +196,53 @@ impl OutboxStore for PostStore {
         if !trail.sweep_due() {
             return Ok(Vec::new());
         }
+        // What the sweep reads must not include what was just published.
+        self.settle_published(true).await?;
         self.sweep(limit).await
     }
 
+    /// Remembers the events as published (they are never handed out again) and settles their
+    /// documents with the next batch (see [`SETTLE_DELAY`]).
     async fn mark_published(&self, ids: &[Uuid]) -> Result<(), StoreError> {
-        let documents: Vec<ObjectId> = {
-            let handed_out = lock(&self.outbox().handed_out);
-            let mut documents: Vec<ObjectId> = ids
-                .iter()
-                .filter_map(|id| handed_out.get(id).copied())
-                .collect();
-            documents.sort_unstable();
-            documents.dedup();
-            documents
-        };
-        let ids_text: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        let settled = self.settle_single(&documents, &ids_text).await?;
-        if settled < documents.len() {
-            self.pull_published(&documents, &ids_text).await?;
+        let trail = self.outbox();
+        {
+            let handed_out = lock(&trail.handed_out);
+            let mut unsettled = lock(&trail.unsettled);
+            unsettled
+                .documents
+                .extend(ids.iter().filter_map(|id| handed_out.get(id).copied()));
+            unsettled.events.extend(ids.iter().map(Uuid::to_string));
+            unsettled.since.get_or_insert_with(Instant::now);
         }
-        self.outbox().forget(&ids.iter().copied().collect());
-        Ok(())
+        trail.forget(&ids.iter().copied().collect());
+        self.settle_published(false).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.settle_published(true).await
     }
 }
 
 impl PostStore {
+    /// Settles the documents of published events, when due (or `force`).
+    async fn settle_published(&self, force: bool) -> Result<(), StoreError> {
+        let Some((documents, events)) = self.outbox().take_unsettled(force) else {
+            return Ok(());
+        };
+        let outcome = async {
+            let settled = self.settle_single(&documents, &events).await?;
+            if settled < documents.len() {
+                self.pull_published(&documents, &events).await?;
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        if outcome.is_err() {
+            self.outbox().keep_unsettled(documents, events);
+        }
+        outcome
+    }
+
     /// Reads up to `limit` pending events of the whole backlog, oldest first.
     async fn sweep(&self, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
         let cursor = self
