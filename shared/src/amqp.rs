@@ -132,6 +132,8 @@ struct Link {
     // Kept so the connection lives as long as its channel.
     _connection: Connection,
     channel: Channel,
+    /// Which link this is, so a failed publish drops only the link it used.
+    generation: u64,
 }
 
 impl EventPublisher {
@@ -147,13 +149,13 @@ impl EventPublisher {
         &self.settings
     }
 
-    async fn channel(&self, slot: &mut Option<Link>) -> Result<Channel, AmqpError> {
+    async fn channel(&self, slot: &mut Option<Link>) -> Result<(Channel, u64), AmqpError> {
         if let Some(link) = slot.as_ref()
             && link.channel.status().connected()
         {
-            return Ok(link.channel.clone());
+            return Ok((link.channel.clone(), link.generation));
         }
-        *slot = None;
+        let generation = slot.take().map_or(0, |link| link.generation + 1);
         let connection = connect(&self.settings).await?;
         let channel = connection.create_channel().await?;
         channel
@@ -164,8 +166,9 @@ impl EventPublisher {
         *slot = Some(Link {
             _connection: connection,
             channel: channel.clone(),
+            generation,
         });
-        Ok(channel)
+        Ok((channel, generation))
     }
 
     /// Publishes one event and waits for the broker's confirm.
@@ -175,27 +178,39 @@ impl EventPublisher {
 
     /// Publishes all `events`, then waits for all confirms. `Ok` means every one is safely stored
     /// by the broker; on `Err` some may have been stored, and consumers dedupe the re-publish.
+    ///
+    /// The link is locked only to get (or make) the channel: callers publish on it and wait for
+    /// their confirms concurrently, so one caller's confirm round trip never holds up another's.
     pub async fn publish_batch(&self, events: &[EventEnvelope]) -> Result<(), AmqpError> {
-        let mut slot = self.link.lock().await;
-        let result = self.publish_on(&mut slot, events).await;
+        let (channel, generation) = {
+            let mut slot = self.link.lock().await;
+            self.channel(&mut slot).await?
+        };
+        let result = self.publish_on(&channel, events).await;
         if result.is_err() {
-            // Start afresh next time: the channel may be closed or in an unknown state.
-            *slot = None;
+            // Start afresh next time (the channel may be closed or in an unknown state), unless
+            // another caller already has.
+            let mut slot = self.link.lock().await;
+            if slot
+                .as_ref()
+                .is_some_and(|link| link.generation == generation)
+            {
+                *slot = None;
+            }
         }
         result
     }
 
     async fn publish_on(
         &self,
-        slot: &mut Option<Link>,
+        channel: &Channel,
         events: &[EventEnvelope],
     ) -> Result<(), AmqpError> {
-        let channel = self.channel(slot).await?;
         let mut confirms = Vec::new();
         for message in batch_messages(events) {
             if let Some(first) = message.first() {
                 let confirm =
-                    publish_message(&channel, &self.settings.exchange, first, message).await?;
+                    publish_message(channel, &self.settings.exchange, first, message).await?;
                 confirms.push(confirm);
             }
         }
