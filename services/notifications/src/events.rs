@@ -274,7 +274,7 @@ impl EventProcessor {
             .iter()
             .map(|(event, follow)| {
                 NotificationDocument::new(
-                    event.id,
+                    (event.id, event.occurred_at),
                     follow.followed_id,
                     NotificationKind::Follow,
                     follow_message(&follow.follower_username),
@@ -357,7 +357,7 @@ impl EventProcessor {
                 })
                 .map(|(follower, pending, data)| {
                     NotificationDocument::new(
-                        pending.event.id,
+                        (pending.event.id, pending.event.occurred_at),
                         follower,
                         NotificationKind::PostCreated,
                         message.clone(),

@@ -1,10 +1,12 @@
 //! Notifications and event progress in MongoDB (the service's own database).
 //!
 //! Two collections:
-//! - `notifications`: one document per (event, recipient). The unique index on
-//!   `{eventId, userId}` is what makes every redelivery and replay harmless: a second insert of
-//!   the same notification fails with a duplicate-key error, which this module reads as "already
-//!   stored" and answers with the stored document, so it can be emitted again.
+//! - `notifications`: one document per (event, recipient), whose `_id` is derived from the pair
+//!   ([`notification_id`]). That is what makes every redelivery and replay harmless: a second
+//!   insert of the same notification fails with a duplicate-key error on `_id`, which this module
+//!   reads as "already stored" and answers with the stored document, so it can be emitted again.
+//!   (An index on `{eventId, userId}` did this before; every notification paid for it on insert,
+//!   about a quarter of the write. Deployments that have it keep it; it still holds.)
 //! - `event_progress`: one document per handled event, holding how far a fan-out got (the users
 //!   service's follower cursor after the last page that was stored *and* emitted) and whether it
 //!   completed. A redelivered `post.created` resumes after the last finished page instead of
@@ -13,14 +15,14 @@
 //! Listing is keyset-paginated on `_id` (ObjectIds grow with time), newest first, served by the
 //! `{userId, _id}` and `{userId, read, _id}` indexes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use mongodb::{
     Collection, Database, IndexModel,
     bson::{self, Bson, Document, doc, oid::ObjectId},
     error::ErrorKind,
-    options::{IndexOptions, ReturnDocument},
+    options::ReturnDocument,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -54,10 +56,26 @@ pub struct NotificationDocument {
     pub updated_at: bson::DateTime,
 }
 
+/// The id of `recipient`'s notification of the event `event_id`, which occurred at
+/// `occurred_at`: always the same for the same pair, so storing it twice is a duplicate key.
+/// Like any ObjectId it starts with a time in seconds (the event's, so lists keep their newest
+/// first order) followed by 8 bytes, here of SHA-256(event id, recipient): two different pairs of
+/// the same second share an id with a probability of about 2^-64 per pair.
+pub fn notification_id(event_id: Uuid, occurred_at: DateTime<Utc>, recipient: Uuid) -> ObjectId {
+    let seconds = u32::try_from(occurred_at.timestamp()).unwrap_or_default();
+    let pair = [event_id.as_bytes().as_slice(), recipient.as_bytes()].concat();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &pair);
+    let mut bytes = [0_u8; 12];
+    bytes[..4].copy_from_slice(&seconds.to_be_bytes());
+    bytes[4..].copy_from_slice(&digest.as_ref()[..8]);
+    ObjectId::from_bytes(bytes)
+}
+
 impl NotificationDocument {
-    /// A new, unread notification for `recipient`, created now.
+    /// A new, unread notification for `recipient` of the event `event_id` (which occurred at
+    /// `occurred_at`), stored at `now`.
     pub fn new(
-        event_id: Uuid,
+        (event_id, occurred_at): (Uuid, DateTime<Utc>),
         recipient: Uuid,
         kind: NotificationKind,
         message: String,
@@ -65,7 +83,7 @@ impl NotificationDocument {
         now: bson::DateTime,
     ) -> Self {
         Self {
-            id: ObjectId::new(),
+            id: notification_id(event_id, occurred_at, recipient),
             user_id: recipient.to_string(),
             event_id: event_id.to_string(),
             kind: kind.as_str().to_owned(),
@@ -179,17 +197,9 @@ impl NotificationStore {
         }
     }
 
-    /// Creates the indexes the guarantees above rely on. Idempotent; run at startup.
+    /// Creates the indexes the lists rely on. Idempotent; run at startup.
     pub async fn ensure_indexes(&self) -> Result<(), NotificationsError> {
-        let unique = IndexOptions::builder()
-            .unique(true)
-            .name("eventId_userId_unique".to_owned())
-            .build();
         let indexes = [
-            IndexModel::builder()
-                .keys(doc! { "eventId": 1, "userId": 1 })
-                .options(unique)
-                .build(),
             IndexModel::builder()
                 .keys(doc! { "userId": 1, "_id": -1 })
                 .build(),
@@ -231,22 +241,12 @@ impl NotificationStore {
             .enumerate()
             .partition(|(index, _)| !duplicates.contains(index));
         let inserted = fresh.len();
-        let mut recipients_by_event: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (_, notification) in repeated {
-            recipients_by_event
-                .entry(notification.event_id)
-                .or_default()
-                .push(notification.user_id);
-        }
-        let stored_before: Vec<Document> = recipients_by_event
-            .into_iter()
-            .map(|(event_id, recipients)| doc! { "eventId": event_id, "userId": { "$in": recipients } })
-            .collect();
+        let stored_before: Vec<ObjectId> = repeated.into_iter().map(|(_, n)| n.id).collect();
         let mut notifications: Vec<NotificationDocument> =
             fresh.into_iter().map(|(_, n)| n).collect();
         let existing: Vec<NotificationDocument> = self
             .notifications
-            .find(doc! { "$or": stored_before })
+            .find(doc! { "_id": { "$in": stored_before } })
             .await?
             .try_collect()
             .await?;
@@ -429,4 +429,23 @@ impl NotificationStore {
 
 fn mark_read_update() -> Document {
     doc! { "$set": { "read": true, "updatedAt": bson::DateTime::now() } }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notification_id_is_the_same_for_the_same_pair_only() {
+        let (event, other_event) = (Uuid::now_v7(), Uuid::now_v7());
+        let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        let at = DateTime::from_timestamp(1_765_000_000, 0).unwrap();
+        let id = notification_id(event, at, ada);
+        assert_eq!(id, notification_id(event, at, ada));
+        assert_ne!(id, notification_id(event, at, bob));
+        assert_ne!(id, notification_id(other_event, at, ada));
+        assert_eq!(id.timestamp().timestamp_millis(), 1_765_000_000_000);
+        let later = notification_id(event, at + chrono::Duration::seconds(1), ada);
+        assert!(later > id, "ids of later events sort after");
+    }
 }

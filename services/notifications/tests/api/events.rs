@@ -168,7 +168,7 @@ async fn a_redelivery_after_a_partial_fan_out_completes_it_without_duplicates() 
         .iter()
         .map(|&follower| {
             NotificationDocument::new(
-                event.id,
+                (event.id, event.occurred_at),
                 follower,
                 NotificationKind::PostCreated,
                 "cam shared a new post".to_owned(),
