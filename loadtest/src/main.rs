@@ -11,6 +11,10 @@
 //!   `--target hub` publishes straight to RabbitMQ; `--target broadcast` is the floor.
 //! - `rest-mix`: the social-network request mix (home feed, user timeline, new post) at a fixed
 //!   rate, open loop, with latency counted from each request's due time.
+//! - `seed-feed`: prepares a home-feed benchmark for `wrk` (a reader following `--followed`
+//!   accounts, `--posts` posts inserted straight into the posts collection, the reader's home
+//!   timeline built and checked, the reader's token written to a file). Its result has no
+//!   charts: the plot holds only the header.
 //!
 //! Each run prints its result as one JSON object on stdout and writes it to `--json FILE`
 //! (default `loadtest/results/<scenario>-<UTC time>.json`), with an SVG plot beside it
@@ -26,6 +30,7 @@ mod plot;
 mod progress;
 mod report;
 mod rest_mix;
+mod seed_feed;
 mod stats;
 
 use std::{io::Write, path::PathBuf};
@@ -36,7 +41,7 @@ use serde_json::json;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Load scenarios for Instaclone: sockets, fan-out, the REST mix"
+    about = "Load scenarios for Instaclone: sockets, fan-out, the REST mix, feed set-up"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -67,6 +72,10 @@ enum Scenario {
     Fanout(fanout::Args),
     /// The REST mix (60% home feed, 30% user timeline, 10% new post) at a fixed rate.
     RestMix(rest_mix::Args),
+    /// Prepare a home-feed benchmark for wrk: a reader following N accounts, P seeded posts,
+    /// the reader's token in a file. The token lives ACCESS_TOKEN_TTL_SECS (default 900 s):
+    /// run this and the stack with it set long enough for the benchmark.
+    SeedFeed(seed_feed::Args),
 }
 
 #[tokio::main]
@@ -78,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Connections(args) => connections::run(args, &watched).await?,
         Scenario::Fanout(args) => fanout::run(args, &watched).await?,
         Scenario::RestMix(args) => rest_mix::run(args, &watched).await?,
+        Scenario::SeedFeed(args) => seed_feed::run(args, &watched).await?,
     };
     let json_path = match cli.json {
         Some(path) => path,
