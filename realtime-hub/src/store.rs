@@ -63,9 +63,7 @@ for i = 1, #KEYS / 3 do
   else
     local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 't', created, 'n', json)
     redis.call('ZADD', seen, created, nid)
-    if redis.call('ZCARD', seen) > keep then
-      redis.call('ZREMRANGEBYRANK', seen, 0, -keep - 1)
-    end
+    redis.call('ZREMRANGEBYRANK', seen, 0, -keep - 1)
     redis.call('EXPIRE', seen, ttl)
     redis.call('EXPIRE', stream, ttl)
     results[i] = 1

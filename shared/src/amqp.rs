@@ -472,10 +472,16 @@ where
         .await?;
     tracing::info!(queue = %spec.name, "consuming");
 
-    let deliveries = consumer.take_until(shutdown.cancelled());
-    let results = deliveries.map(|delivery| {
+    // Whatever has arrived by the time a handler is free is handled as one batch.
+    let deliveries = consumer
+        .take_until(shutdown.cancelled())
+        .ready_chunks(MAX_MESSAGES_PER_BATCH);
+    let results = deliveries.map(|chunk| {
         let (handler, channel) = (handler.clone(), channel.clone());
-        async move { settle(&channel, spec, delivery?, handler).await }
+        async move {
+            let chunk = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
+            settle_chunk(&channel, spec, chunk, handler).await
+        }
     });
     let mut results =
         std::pin::pin!(results.buffer_unordered(usize::from(settings.prefetch.max(1))));
@@ -489,6 +495,77 @@ where
     }
     let _ = channel.close(200, "shutting down").await;
     let _ = connection.close(200, "shutting down").await;
+    Ok(())
+}
+
+/// Messages handled together at most: the events of every message that is already waiting when
+/// a handler becomes free form one batch (so the handler's one insert, script or transaction
+/// covers them all), while a lone message is handled at once.
+pub const MAX_MESSAGES_PER_BATCH: usize = 32;
+
+/// Handles the events of `chunk` (deliveries already received) as one batch and settles every
+/// delivery. A batch the handler refuses as a whole is retried message by message, so one
+/// impossible message cannot take the others to the dead-letter queue with it.
+async fn settle_chunk<H, Fut>(
+    channel: &Channel,
+    spec: &QueueSpec,
+    chunk: Vec<lapin::message::Delivery>,
+    handler: H,
+) -> Result<(), lapin::Error>
+where
+    H: Fn(Batch) -> Fut + Clone,
+    Fut: Future<Output = Result<Vec<Rejected>, HandlerError>>,
+{
+    if chunk.len() == 1 {
+        return match chunk.into_iter().next() {
+            Some(delivery) => settle(channel, spec, delivery, handler).await,
+            None => Ok(()),
+        };
+    }
+    let mut events = Vec::new();
+    let mut readable = Vec::with_capacity(chunk.len());
+    for delivery in chunk {
+        match EventEnvelope::decode_batch(&delivery.data) {
+            Ok(decoded) => {
+                events.extend(decoded);
+                readable.push(delivery);
+            }
+            // Dead-lettered on its own.
+            Err(_) => settle(channel, spec, delivery, handler.clone()).await?,
+        }
+    }
+    let redelivered = readable.iter().any(|delivery| delivery.redelivered);
+    match handler.clone()(Batch {
+        events,
+        redelivered,
+    })
+    .await
+    {
+        Ok(rejected) => {
+            if !rejected.is_empty() {
+                dead_letter(channel, spec, &rejected).await?;
+            }
+            for delivery in readable {
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+            }
+        }
+        Err(HandlerError::Permanent(_)) => {
+            for delivery in readable {
+                settle(channel, spec, delivery, handler.clone()).await?;
+            }
+        }
+        Err(HandlerError::Transient(reason)) => {
+            tracing::warn!(queue = %spec.name, %reason, messages = readable.len(), "event handling failed; the messages will be redelivered");
+            tokio::time::sleep(TRANSIENT_RETRY_DELAY).await;
+            for delivery in readable {
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                };
+                delivery.acker.nack(requeue).await?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -363,6 +363,84 @@ async fn a_batch_travels_as_one_message_and_a_rejected_event_is_dead_lettered_al
 }
 
 #[tokio::test]
+async fn messages_waiting_together_are_handled_together_and_a_poison_one_alone_is_dead_lettered() {
+    let env = TestEnv::new();
+    let spec = QueueSpec {
+        name: env.settings.amqp.queue("waiting"),
+        routing_keys: vec![event_type::USER_UNFOLLOWED.to_owned()],
+        delivery_limit: 2,
+    };
+    let (_connection, channel) = env.amqp_channel().await;
+    declare_work_queue(&channel, &env.settings.amqp, &spec)
+        .await
+        .unwrap();
+    // Everything is waiting before the consumer starts.
+    let publisher = EventPublisher::new(env.settings.amqp.clone());
+    let events: Vec<EventEnvelope> = (0..6).map(|_| unfollowed()).collect();
+    for event in &events[..3] {
+        publisher.publish(event).await.unwrap();
+    }
+    channel.confirm_select(Default::default()).await.unwrap();
+    channel
+        .basic_publish(
+            &env.settings.amqp.exchange,
+            event_type::USER_UNFOLLOWED,
+            Default::default(),
+            b"not an event",
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    for event in &events[3..] {
+        publisher.publish(event).await.unwrap();
+    }
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn(run_consumer(
+        env.settings.amqp.clone(),
+        spec.clone(),
+        shutdown.clone(),
+        move |batch: Batch| {
+            let tx = tx.clone();
+            async move {
+                tx.send(batch.events.iter().map(|e| e.id).collect::<Vec<_>>())
+                    .unwrap();
+                Ok(Vec::new())
+            }
+        },
+    ));
+    let mut handled: Vec<Uuid> = Vec::new();
+    while handled.len() < events.len() {
+        let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("not every event was handled within 10 s")
+            .unwrap();
+        handled.extend(batch);
+    }
+    let mut sent: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    handled.sort();
+    sent.sort();
+    assert_eq!(handled, sent, "each event handled once");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .is_err(),
+        "something was handled again: the batch was not acknowledged"
+    );
+    let dead = channel
+        .basic_get(&spec.dead_letter_queue(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the poison message is in the dead-letter queue");
+    assert_eq!(dead.delivery.data, b"not an event");
+    shutdown.cancel();
+    consumer.await.unwrap();
+}
+
+#[tokio::test]
 async fn publisher_fails_while_the_broker_is_cut_off_and_recovers_after() {
     let env = TestEnv::new();
     let (proxy, url) = instaclone_shared::testing::TcpProxy::for_rabbitmq(&env.settings).await;
