@@ -7,11 +7,15 @@
 //! The message is acknowledged only after every recipient's append succeeded; a redelivered
 //! batch is harmless because appends are deduplicated by notification id.
 
+use chrono::{DateTime, Utc};
 use instaclone_shared::{
     amqp::{Batch, HandlerError, QueueSpec, Rejected},
     config::AmqpSettings,
-    events::{NotificationCreated, event_type},
+    events::{EventData, EventEnvelope, event_type},
 };
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
 
 use crate::{
     store::{Append, Store},
@@ -31,47 +35,51 @@ pub fn queue_spec(settings: &AmqpSettings) -> QueueSpec {
     }
 }
 
-/// A notification ready to append: recipient, id, creation time and its JSON.
-struct Ready {
-    user: uuid::Uuid,
-    id: String,
-    created_at_millis: i64,
-    json: String,
+/// A `notification.created` payload with each notification kept as the JSON it arrived as: that
+/// JSON is what the stream stores and the clients receive, so it is never decoded into a tree
+/// and encoded again.
+#[derive(Serialize, Deserialize)]
+struct RawNotifications {
+    notifications: Vec<Box<RawValue>>,
 }
 
-/// Handles the `notification.created` events of one message together.
+/// The fields of a notification the hub routes by.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Routing {
+    #[serde(rename = "_id")]
+    id: String,
+    user_id: Uuid,
+    created_at: DateTime<Utc>,
+}
+
+/// A notification ready to append: its routing fields and its JSON.
+struct Ready {
+    routing: Routing,
+    json: Box<RawValue>,
+}
+
+impl EventData for RawNotifications {
+    const TYPE: &'static str = event_type::NOTIFICATION_CREATED;
+}
+
+/// Handles the `notification.created` events of one batch together.
 pub async fn handle_batch(store: &Store, batch: Batch) -> Result<Vec<Rejected>, HandlerError> {
     let mut rejected = Vec::new();
     let mut ready = Vec::new();
     for event in batch.events {
-        let created: NotificationCreated = match event.data() {
-            Ok(created) => created,
-            Err(error) => {
-                rejected.push(Rejected {
-                    event,
-                    reason: error.to_string(),
-                });
-                continue;
-            }
-        };
-        for notification in created.notifications {
-            let json = serde_json::to_string(&notification)
-                .map_err(|error| HandlerError::Permanent(error.to_string()))?;
-            ready.push(Ready {
-                user: notification.user_id,
-                created_at_millis: notification.created_at.timestamp_millis(),
-                id: notification.id,
-                json,
-            });
+        match routed(&event) {
+            Ok(notifications) => ready.extend(notifications),
+            Err(reason) => rejected.push(Rejected { event, reason }),
         }
     }
     let appends: Vec<Append<'_>> = ready
         .iter()
         .map(|item| Append {
-            user: item.user,
-            notification_id: &item.id,
-            created_at_millis: item.created_at_millis,
-            notification_json: &item.json,
+            user: item.routing.user_id,
+            notification_id: &item.routing.id,
+            created_at_millis: item.routing.created_at.timestamp_millis(),
+            notification_json: item.json.get(),
         })
         .collect();
     let appended = store
@@ -81,4 +89,19 @@ pub async fn handle_batch(store: &Store, batch: Batch) -> Result<Vec<Rejected>, 
     telemetry::appended("new", appended.new);
     telemetry::appended("duplicate", appended.duplicate);
     Ok(rejected)
+}
+
+/// The notifications of one event with what routes them; an error says why it can never be
+/// handled.
+fn routed(event: &EventEnvelope) -> Result<Vec<Ready>, String> {
+    let created: RawNotifications = event.data().map_err(|e| e.to_string())?;
+    created
+        .notifications
+        .into_iter()
+        .map(|json| {
+            let routing: Routing = serde_json::from_str(json.get())
+                .map_err(|e| format!("a notification without its routing fields: {e}"))?;
+            Ok(Ready { routing, json })
+        })
+        .collect()
 }

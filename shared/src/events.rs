@@ -13,6 +13,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 /// Routing keys (and `type` values) of every event.
@@ -24,7 +25,7 @@ pub mod event_type {
     pub const NOTIFICATION_CREATED: &str = "notification.created";
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventEnvelope {
     pub id: Uuid,
@@ -32,7 +33,21 @@ pub struct EventEnvelope {
     pub event_type: String,
     pub occurred_at: DateTime<Utc>,
     pub producer: String,
-    pub data: serde_json::Value,
+    /// The payload as it arrived (raw JSON): decoded only by the consumer that wants it, straight
+    /// into its own type ([`EventEnvelope::data`]), instead of into a generic tree first. A
+    /// batch of 250 notifications is 100 KB of JSON; building a tree of it for every consumer
+    /// cost more CPU than the consumers' own work.
+    pub data: Box<RawValue>,
+}
+
+impl PartialEq for EventEnvelope {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.event_type == other.event_type
+            && self.occurred_at == other.occurred_at
+            && self.producer == other.producer
+            && self.data.get() == other.data.get()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +74,7 @@ impl EventEnvelope {
             event_type: T::TYPE.to_owned(),
             occurred_at: Utc::now(),
             producer: producer.to_owned(),
-            data: serde_json::to_value(data)?,
+            data: serde_json::value::to_raw_value(data)?,
         })
     }
 
@@ -90,7 +105,7 @@ impl EventEnvelope {
                 actual: self.event_type.clone(),
             });
         }
-        Ok(serde_json::from_value(self.data.clone())?)
+        Ok(serde_json::from_str(self.data.get())?)
     }
 }
 

@@ -162,13 +162,39 @@ pub(crate) fn with_pending_events() -> Document {
     doc! { "pendingSince": { "$gte": bson::DateTime::from_millis(0) } }
 }
 
-/// An event as kept in a document's `pendingEvents` until the broker confirms it.
+/// An event as kept in a document's `pendingEvents` until the broker confirms it: its id (what
+/// the relay `$pull`s by) and the envelope as the JSON it will be published as.
 pub(crate) fn pending_event(event: &EventEnvelope) -> Result<Document, StoreError> {
-    Ok(bson::to_document(event)?)
+    let json = String::from_utf8(event.to_vec())
+        .map_err(|e| StoreError::Decode(format!("event {}: {e}", event.id)))?;
+    Ok(doc! { "id": event.id.to_string(), "json": json })
+}
+
+/// How pending events were kept before: the envelope as a BSON document.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LegacyPendingEvent {
+    id: Uuid,
+    #[serde(rename = "type")]
+    event_type: String,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    producer: String,
+    data: serde_json::Value,
 }
 
 fn event_from_pending(stored: Document) -> Result<EventEnvelope, StoreError> {
-    bson::from_document(stored).map_err(|e| StoreError::Decode(format!("pending event: {e}")))
+    let undecodable = |e: &dyn std::fmt::Display| StoreError::Decode(format!("pending event: {e}"));
+    if let Ok(json) = stored.get_str("json") {
+        return EventEnvelope::from_slice(json.as_bytes()).map_err(|e| undecodable(&e));
+    }
+    let legacy: LegacyPendingEvent = bson::from_document(stored).map_err(|e| undecodable(&e))?;
+    Ok(EventEnvelope {
+        id: legacy.id,
+        event_type: legacy.event_type,
+        occurred_at: legacy.occurred_at,
+        producer: legacy.producer,
+        data: serde_json::value::to_raw_value(&legacy.data).map_err(|e| undecodable(&e))?,
+    })
 }
 
 /// Outbox fields of a document, read by the sweep.
@@ -385,6 +411,20 @@ mod tests {
         // The relay `$pull`s by this field, so it must be the id as a plain string.
         assert_eq!(stored.get_str("id").unwrap(), event.id.to_string());
         assert_eq!(event_from_pending(stored).unwrap(), event);
+
+        // Left pending by a version that kept the envelope as a document: still read.
+        let legacy = doc! {
+            "id": event.id.to_string(),
+            "type": "post.created",
+            "occurredAt": event.occurred_at.to_rfc3339(),
+            "producer": SERVICE_NAME,
+            "data": { "postId": "abc", "authorId": Uuid::nil().to_string() },
+        };
+        let read = event_from_pending(legacy).unwrap();
+        assert_eq!(read.id, event.id);
+        let data: serde_json::Value = serde_json::from_str(read.data.get()).unwrap();
+        assert_eq!(data["postId"], "abc");
+        assert_eq!(data["authorId"], Uuid::nil().to_string());
     }
 
     #[test]

@@ -293,7 +293,9 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_consuming_goes_on() {
         },
     )
     .unwrap();
-    malformed.data = serde_json::json!({ "followerId": "not-a-uuid" });
+    malformed.data =
+        serde_json::value::to_raw_value(&serde_json::json!({ "followerId": "not-a-uuid" }))
+            .unwrap();
     app.publisher.publish(&malformed).await.unwrap();
     let dead = EventEnvelope::from_slice(&app.next_dead_letter().await).unwrap();
     assert_eq!(dead.id, malformed.id);
