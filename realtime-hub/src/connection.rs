@@ -9,7 +9,7 @@
 //! connection's stop signal, so a client that stops reading cannot hold the writer hostage: the
 //! dispatcher stops it as soon as its queue overflows.
 
-use std::{sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use axum::{
     extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket},
@@ -25,7 +25,7 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
     time::Instant,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use uuid::Uuid;
 
 use crate::{
@@ -92,7 +92,7 @@ impl Writer {
     async fn notification(&mut self, delivery: &Delivery) -> Result<(), WriteFailed> {
         match self {
             Self::WebSocket(sink) => sink
-                .send(Message::Text(Utf8Bytes::from(delivery.ws_frame())))
+                .send(Message::Text(delivery.ws_text()))
                 .await
                 .map_err(|_| WriteFailed),
             Self::Sse(events) => {
@@ -187,17 +187,14 @@ pub async fn serve_websocket(
         expiry_tx,
     ));
     let mut writer = Writer::WebSocket(sink);
-    let reason = drive(
-        &context,
-        &mut writer,
-        &control,
-        queue_rx,
+    let session = Session {
+        queue: queue_rx,
         subscribed,
-        expiry_rx,
+        expiry: expiry_rx,
         resume,
-        subscriber.user,
-    )
-    .await;
+        user: subscriber.user,
+    };
+    let reason = drive(&context, &mut writer, &control, session).await;
     drop(registration);
     writer.close(reason).await;
     // Give the client the chance to answer our close frame, then stop reading regardless.
@@ -226,104 +223,152 @@ pub async fn serve_sse(
             .registry
             .register(subscriber.user, queue_tx, control.clone());
     let mut writer = Writer::Sse(events);
-    let reason = drive(
-        &context,
-        &mut writer,
-        &control,
-        queue_rx,
+    let session = Session {
+        queue: queue_rx,
         subscribed,
-        expiry_rx,
+        expiry: expiry_rx,
         resume,
-        subscriber.user,
-    )
-    .await;
+        user: subscriber.user,
+    };
+    let reason = drive(&context, &mut writer, &control, session).await;
     drop(registration);
     writer.close(reason).await;
     telemetry::connection_closed(Transport::Sse, reason);
 }
 
+/// What one connection's writer works from, besides the hub's context.
+struct Session {
+    queue: mpsc::Receiver<Outbound>,
+    /// Fires once this replica is recorded as present for the user.
+    subscribed: oneshot::Receiver<()>,
+    expiry: watch::Receiver<i64>,
+    resume: Resume,
+    user: Uuid,
+}
+
+/// The two ways a connection is told to end, each awaited through one future for the whole life
+/// of the connection: making them afresh for every socket write registered a waiter in the
+/// cancellation tree, under its lock, for every delivery.
+struct Stops<'p, 't> {
+    shutdown: Pin<&'p mut WaitForCancellationFuture<'t>>,
+    stopped: Pin<&'p mut WaitForCancellationFuture<'t>>,
+    control: &'t ConnectionControl,
+}
+
+impl Stops<'_, '_> {
+    /// Runs a socket write unless the connection is stopped or the replica shuts down first.
+    async fn guard(
+        &mut self,
+        write: impl std::future::Future<Output = Result<(), WriteFailed>>,
+    ) -> Result<(), CloseReason> {
+        tokio::select! {
+            biased;
+            () = &mut self.stopped => Err(self.control.reason()),
+            () = &mut self.shutdown => Err(CloseReason::Shutdown),
+            result = write => result.map_err(|_| CloseReason::ClientGone),
+        }
+    }
+}
+
 /// The writer: returns why the connection ended.
-#[allow(clippy::too_many_arguments)]
 async fn drive(
     context: &ConnectionContext,
     writer: &mut Writer,
     control: &ConnectionControl,
-    mut queue: mpsc::Receiver<Outbound>,
-    subscribed: oneshot::Receiver<()>,
-    mut expiry: watch::Receiver<i64>,
-    resume: Resume,
-    user: Uuid,
+    session: Session,
 ) -> CloseReason {
-    let transport = writer.transport();
-    telemetry::connection_opened(transport);
-    let outcome = async {
-        tokio::select! {
-            biased;
-            () = context.shutdown.cancelled() => return Err(CloseReason::Shutdown),
-            () = control.stopped() => return Err(control.reason()),
-            result = subscribed => result.map_err(|_| CloseReason::Shutdown)?,
-        }
-        let mut delivered = Delivered::default();
-        let (after, check_gap) = match resume {
-            Resume::After(id) => (id, true),
-            Resume::Fresh(head) => (head, false),
-        };
-        delivered.last = Some(after);
-        replay(context, writer, control, user, &mut delivered, check_gap).await?;
-
-        let heartbeat_every = match transport {
-            Transport::WebSocket => context.ws_ping_interval,
-            Transport::Sse => context.sse_heartbeat_interval,
-        };
-        let mut heartbeat =
-            tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        control
-            .alive
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut expires = deadline(*expiry.borrow_and_update());
-        loop {
-            tokio::select! {
-                biased;
-                () = context.shutdown.cancelled() => return Err(CloseReason::Shutdown),
-                () = control.stopped() => return Err(control.reason()),
-                () = tokio::time::sleep_until(expires) => return Err(CloseReason::TokenExpired),
-                Ok(()) = expiry.changed() => expires = deadline(*expiry.borrow_and_update()),
-                _ = heartbeat.tick() => {
-                    if transport == Transport::WebSocket
-                        && !control.alive.swap(false, std::sync::atomic::Ordering::Relaxed)
-                    {
-                        return Err(CloseReason::PingTimeout);
-                    }
-                    guarded(context, control, writer.heartbeat()).await?;
-                }
-                message = queue.recv() => match message {
-                    // Only the registry and the reader hold senders; both gone means the end.
-                    None => return Err(CloseReason::ClientGone),
-                    Some(Outbound::Notification(delivery)) => {
-                        if delivered.last.is_none_or(|last| delivery.id > last) {
-                            guarded(context, control, writer.notification(&delivery)).await?;
-                            telemetry::delivered(transport, delivery.created_at_millis);
-                            delivered.last = Some(delivery.id);
-                        }
-                    }
-                    Some(Outbound::CatchUp) => {
-                        replay(context, writer, control, user, &mut delivered, false).await?;
-                    }
-                    Some(Outbound::Control(message)) => {
-                        guarded(context, control, writer.control(&message)).await?;
-                    }
-                },
-            }
-        }
-    }
-    .await;
-    let reason = match outcome {
+    telemetry::connection_opened(writer.transport());
+    let shutdown = std::pin::pin!(context.shutdown.cancelled());
+    let stopped = std::pin::pin!(control.stop_token().cancelled());
+    let mut stops = Stops {
+        shutdown,
+        stopped,
+        control,
+    };
+    let reason = match serve(context, writer, &mut stops, session).await {
         Ok(()) => CloseReason::ClientGone,
         Err(reason) => reason,
     };
     control.stop(reason);
     control.reason()
+}
+
+/// Waits until present, replays, then delivers live messages, heartbeats and expiry until the
+/// connection ends.
+async fn serve(
+    context: &ConnectionContext,
+    writer: &mut Writer,
+    stops: &mut Stops<'_, '_>,
+    session: Session,
+) -> Result<(), CloseReason> {
+    let Session {
+        mut queue,
+        subscribed,
+        mut expiry,
+        resume,
+        user,
+    } = session;
+    tokio::select! {
+        biased;
+        () = &mut stops.shutdown => return Err(CloseReason::Shutdown),
+        () = &mut stops.stopped => return Err(stops.control.reason()),
+        result = subscribed => result.map_err(|_| CloseReason::Shutdown)?,
+    }
+    let (after, check_gap) = match resume {
+        Resume::After(id) => (id, true),
+        Resume::Fresh(head) => (head, false),
+    };
+    let mut delivered = Delivered { last: Some(after) };
+    replay(context, writer, stops, user, &mut delivered, check_gap).await?;
+
+    let transport = writer.transport();
+    let heartbeat_every = match transport {
+        Transport::WebSocket => context.ws_ping_interval,
+        Transport::Sse => context.sse_heartbeat_interval,
+    };
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let alive = &stops.control.alive;
+    alive.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut expires = std::pin::pin!(tokio::time::sleep_until(deadline(
+        *expiry.borrow_and_update()
+    )));
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stops.shutdown => return Err(CloseReason::Shutdown),
+            () = &mut stops.stopped => return Err(stops.control.reason()),
+            () = &mut expires => return Err(CloseReason::TokenExpired),
+            Ok(()) = expiry.changed() => {
+                expires.as_mut().reset(deadline(*expiry.borrow_and_update()));
+            }
+            _ = heartbeat.tick() => {
+                if transport == Transport::WebSocket
+                    && !alive.swap(false, std::sync::atomic::Ordering::Relaxed)
+                {
+                    return Err(CloseReason::PingTimeout);
+                }
+                stops.guard(writer.heartbeat()).await?;
+            }
+            message = queue.recv() => match message {
+                // Only the registry and the reader hold senders; both gone means the end.
+                None => return Err(CloseReason::ClientGone),
+                Some(Outbound::Notification(delivery)) => {
+                    if delivered.last.is_none_or(|last| delivery.id > last) {
+                        stops.guard(writer.notification(&delivery)).await?;
+                        telemetry::delivered(transport, delivery.created_at_millis);
+                        delivered.last = Some(delivery.id);
+                    }
+                }
+                Some(Outbound::CatchUp) => {
+                    replay(context, writer, stops, user, &mut delivered, false).await?;
+                }
+                Some(Outbound::Control(message)) => {
+                    stops.guard(writer.control(&message)).await?;
+                }
+            },
+        }
+    }
 }
 
 #[derive(Default)]
@@ -337,7 +382,7 @@ struct Delivered {
 async fn replay(
     context: &ConnectionContext,
     writer: &mut Writer,
-    control: &ConnectionControl,
+    stops: &mut Stops<'_, '_>,
     user: Uuid,
     delivered: &mut Delivered,
     check_gap: bool,
@@ -358,7 +403,7 @@ async fn replay(
             ReplayPage::Entries(entries) => {
                 telemetry::replayed(entries.len());
                 for entry in entries {
-                    guarded(context, control, writer.notification(&entry)).await?;
+                    stops.guard(writer.notification(&entry)).await?;
                     telemetry::delivered(transport, 0);
                     delivered.last = Some(entry.id);
                 }
@@ -376,7 +421,7 @@ async fn replay(
                 let message = ControlMessage::Resync {
                     reason: "history no longer retained",
                 };
-                guarded(context, control, writer.control(&message)).await?;
+                stops.guard(writer.control(&message)).await?;
                 delivered.last = Some(head);
                 return Ok(());
             }
@@ -403,20 +448,6 @@ where
         }
     }
     attempt().await
-}
-
-/// Runs a socket write unless the connection is stopped or the replica shuts down first.
-async fn guarded(
-    context: &ConnectionContext,
-    control: &ConnectionControl,
-    write: impl std::future::Future<Output = Result<(), WriteFailed>>,
-) -> Result<(), CloseReason> {
-    tokio::select! {
-        biased;
-        () = control.stopped() => Err(control.reason()),
-        () = context.shutdown.cancelled() => Err(CloseReason::Shutdown),
-        result = write => result.map_err(|_| CloseReason::ClientGone),
-    }
 }
 
 fn deadline(expires_at_unix: i64) -> Instant {

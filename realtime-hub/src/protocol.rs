@@ -8,7 +8,13 @@
 //! disconnected; every one of them means "reconnect with your last id and nothing is lost",
 //! except the authentication ones, which mean "get a fresh token first".
 
-use std::{fmt, str::FromStr, sync::Arc};
+use std::{
+    fmt,
+    str::FromStr,
+    sync::{Arc, OnceLock},
+};
+
+use axum::extract::ws::Utf8Bytes;
 
 use serde::Serialize;
 
@@ -65,6 +71,8 @@ pub struct Delivery {
     pub created_at_millis: i64,
     /// The notification object, JSON, exactly as the notifications service emitted it.
     pub notification_json: Box<str>,
+    /// The WebSocket frame, made once however many connections of the user it is written to.
+    frame: OnceLock<Utf8Bytes>,
 }
 
 impl Delivery {
@@ -74,11 +82,23 @@ impl Delivery {
         let id = parts.next()?.parse().ok()?;
         let created_at_millis = parts.next()?.parse().ok()?;
         let notification_json = parts.next()?.into();
-        Some(Self {
+        Some(Self::new(id, created_at_millis, notification_json))
+    }
+
+    pub fn new(id: StreamId, created_at_millis: i64, notification_json: Box<str>) -> Self {
+        Self {
             id,
             created_at_millis,
             notification_json,
-        })
+            frame: OnceLock::new(),
+        }
+    }
+
+    /// [`Delivery::ws_frame`] as a frame payload, made on first use and shared after.
+    pub fn ws_text(&self) -> Utf8Bytes {
+        self.frame
+            .get_or_init(|| Utf8Bytes::from(self.ws_frame()))
+            .clone()
     }
 
     /// The WebSocket text frame: `{"id","type":"notification","data"}`.

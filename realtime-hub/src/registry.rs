@@ -64,6 +64,11 @@ impl ConnectionControl {
         self.stop.cancelled().await;
     }
 
+    /// The token cancelled when the connection is asked to end (for waiting on it repeatedly).
+    pub fn stop_token(&self) -> &CancellationToken {
+        &self.stop
+    }
+
     pub fn reason(&self) -> CloseReason {
         self.reason
             .get()

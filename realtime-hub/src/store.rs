@@ -341,11 +341,11 @@ fn entry_to_delivery(id: &str, fields: Vec<String>) -> redis::RedisResult<Delive
             _ => {}
         }
     }
-    Ok(Delivery {
-        id: parse_id(id)?,
+    Ok(Delivery::new(
+        parse_id(id)?,
         created_at_millis,
-        notification_json: notification_json.ok_or_else(|| {
+        notification_json.ok_or_else(|| {
             redis::RedisError::from((redis::ErrorKind::TypeError, "stream entry without `n`"))
         })?,
-    })
+    ))
 }
