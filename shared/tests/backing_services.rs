@@ -456,3 +456,42 @@ async fn publisher_fails_while_the_broker_is_cut_off_and_recovers_after() {
     proxy.restore().await;
     publisher.publish(&unfollowed()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_follow_set_loaded_before_a_change_is_not_cached_after_it() {
+    use instaclone_shared::follow_cache::FollowCache;
+    let env = TestEnv::new();
+    let cache = FollowCache::new(
+        env.redis().await,
+        env.settings.redis.clone(),
+        Duration::from_secs(60),
+    );
+    let (user, followed) = (Uuid::now_v7(), vec![Uuid::now_v7(), Uuid::now_v7()]);
+    assert_eq!(cache.followed(user).await.unwrap(), None);
+
+    // A reader starts loading; a follow change commits and invalidates before it stores.
+    let generation = cache.generation(user).await.unwrap();
+    cache.invalidate(user).await.unwrap();
+    assert!(!cache.store(user, &generation, &followed).await.unwrap());
+    assert_eq!(
+        cache.followed(user).await.unwrap(),
+        None,
+        "stale list refused"
+    );
+
+    let generation = cache.generation(user).await.unwrap();
+    assert!(cache.store(user, &generation, &followed).await.unwrap());
+    let mut cached = cache.followed(user).await.unwrap().unwrap();
+    cached.sort();
+    let mut expected = followed.clone();
+    expected.sort();
+    assert_eq!(cached, expected);
+    cache.invalidate(user).await.unwrap();
+    assert_eq!(cache.followed(user).await.unwrap(), None);
+
+    // Following nobody is a cached answer too.
+    let loner = Uuid::now_v7();
+    let generation = cache.generation(loner).await.unwrap();
+    assert!(cache.store(loner, &generation, &[]).await.unwrap());
+    assert_eq!(cache.followed(loner).await.unwrap(), Some(Vec::new()));
+}

@@ -90,3 +90,53 @@ pub fn id_key(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or(("0", "0"));
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
+
+#[tokio::test]
+async fn the_dedupe_window_is_bounded_per_user_and_expires_with_the_stream() {
+    let mut env = TestEnv::new();
+    env.settings.hub.stream_max_len = 5;
+    let replica = spawn_replica(&env).await;
+    let publisher = Publisher::new(&env).await;
+    let user = Uuid::now_v7();
+    let mut socket = ws_connect(&replica, &env.access_token(user), "").await;
+
+    let mut sent: Vec<_> = (0..120).map(|_| notification(user)).collect();
+    // An id ending in 0 trims the window (one in 16 does): end on one, so the bound is exact.
+    let mut last = notification(user);
+    last.id.replace_range(last.id.len() - 1.., "0");
+    sent.push(last.clone());
+    for batch in sent.chunks(40) {
+        publisher.publish(batch).await;
+    }
+    for expected in &sent {
+        assert_eq!(
+            next_notification(&mut socket).await["data"]["_id"],
+            expected.id
+        );
+    }
+    // A repeat of the newest is still recognised.
+    publisher.publish(std::slice::from_ref(&last)).await;
+    assert_silent(&mut socket, Duration::from_millis(500)).await;
+
+    let mut redis = env.redis().await;
+    let prefix = &env.settings.redis.key_prefix;
+    let seen = format!("{prefix}seen:{{{user}}}");
+    let stream = format!("{prefix}stream:{{{user}}}");
+    let remembered: u64 = redis::cmd("ZCARD")
+        .arg(&seen)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        remembered, 10,
+        "twice the stream length, not every id ever seen"
+    );
+    for key in [&seen, &stream] {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} has no expiry ({ttl})");
+    }
+}

@@ -315,3 +315,57 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_consuming_goes_on() {
     app.wait_until_handled(fine.id).await;
     assert_eq!(app.wait_for_notifications(&bob_token, 1).await.len(), 1);
 }
+
+#[tokio::test]
+async fn posts_of_one_author_in_one_message_are_fanned_out_together_and_once() {
+    let app = spawn_app().await;
+    let (author, _) = app.user(&format!("dan{}", app.env.id)).await;
+    let followers = seed_followers(&app.env, author, 25).await;
+    let (other, _) = app.user(&format!("eve{}", app.env.id)).await;
+    let mut other_followers = Vec::new();
+    for name in ["fay", "gus"] {
+        let (follower, token) = app.user(&format!("{name}{}", app.env.id)).await;
+        app.follow(&token, other).await;
+        other_followers.push(follower);
+    }
+    let mut events: Vec<EventEnvelope> = (0..4)
+        .map(|_| EventEnvelope::new("test", &post_by(author)).unwrap())
+        .collect();
+    events.push(EventEnvelope::new("test", &post_by(other)).unwrap());
+    let mut created = app.listen_for_created().await;
+
+    // One message, as the posts relay sends a round of posts; then the same message again, as a
+    // republish after a lost confirm would.
+    app.publisher.publish_batch(&events).await.unwrap();
+    app.publisher.publish_batch(&events).await.unwrap();
+    for event in &events {
+        app.wait_until_handled(event.id).await;
+    }
+    for event in &events[..4] {
+        assert_eq!(app.stored_count(event.id).await, 25, "one per follower");
+    }
+    assert_eq!(app.stored_count(events[4].id).await, 2);
+    created
+        .until(|seen| {
+            seen.iter()
+                .filter(|n| n.kind == "post_created")
+                .map(|n| &n.id)
+                .collect::<HashSet<_>>()
+                .len()
+                >= 102
+        })
+        .await;
+    // Every follower heard of each of the author's posts, under one id each (re-emissions of
+    // the repeat carry the same ids, which the hub drops).
+    let ids_by_recipient = |recipient: Uuid| {
+        created
+            .seen
+            .iter()
+            .filter(|n| n.user_id == recipient && n.kind == "post_created")
+            .map(|n| n.id.clone())
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    assert!(followers.iter().all(|&f| ids_by_recipient(f) == 4));
+    assert!(other_followers.iter().all(|&f| ids_by_recipient(f) == 1));
+}

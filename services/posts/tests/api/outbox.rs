@@ -178,3 +178,59 @@ async fn events_left_pending_by_a_stopped_process_are_published_by_the_next_one(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn concurrent_posts_are_each_stored_and_announced_and_their_outboxes_settle() {
+    let env = TestEnv::new();
+    let (_observer_connection, observer) = env.amqp_channel().await;
+    let queue = env.observer_queue(&observer, &["post.created"]).await;
+    let app = spawn_app_with(env).await;
+    let (_, token) = user(&app);
+
+    // Many at once: they share insertMany calls and relay rounds.
+    let captions: Vec<String> = (0..60).map(|n| format!("burst {n}")).collect();
+    let posts = futures_util::future::join_all(
+        captions
+            .iter()
+            .map(|caption| app.create_post(&token, caption)),
+    )
+    .await;
+    let mut ids: Vec<String> = posts
+        .iter()
+        .map(|post| post["_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 60, "60 distinct posts");
+    assert_eq!(app.stored_count().await, 60);
+    let events = TestEnv::receive_events(&observer, &queue, 60, Duration::from_secs(15)).await;
+    let mut announced: Vec<String> = events
+        .iter()
+        .map(|event| event.data::<PostCreated>().unwrap().post_id)
+        .collect();
+    announced.sort();
+    assert_eq!(announced, ids, "one post.created for each");
+    // Published events' documents lose their outbox fields soon after (batched).
+    let posts_collection = app.posts_collection().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending = posts_collection
+            .count_documents(doc! { "pendingSince": { "$exists": true } })
+            .await
+            .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pending} posts still carry their outbox"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        TestEnv::receive_events(&observer, &queue, 1, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "an event was published twice"
+    );
+}
