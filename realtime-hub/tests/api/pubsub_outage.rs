@@ -37,6 +37,9 @@ async fn notifications_missed_during_a_pubsub_outage_are_caught_up() {
     );
 
     proxy.cut();
+    // The cut aborts the proxy's connection tasks; let that land before publishing, or a
+    // notification can still slip through A's old link live (and no catch-up is needed).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     // Replica B (or A, once its appends are retried) stores these; A's pub/sub is down.
     let missed: Vec<_> = (0..3).map(|_| notification(user)).collect();
     publisher.publish(&missed).await;
