@@ -98,7 +98,8 @@ fn ws_url(hub: &str) -> String {
     }
 }
 
-/// One connection, from the handshake to its end; advances `last_id` as notifications arrive.
+/// One connection, from the handshake to its end; advances `last_id` with every frame that
+/// carries an id (notifications, `connected`, `resync`).
 async fn session(url: &str, token: &str, last_id: &mut Option<String>) -> Ended {
     let target = match last_id {
         Some(id) => format!("{url}?lastEventId={id}"),
@@ -159,7 +160,14 @@ fn print_frame(text: &str, last_id: &mut Option<String>) {
                 notification["data"]
             )
         }
-        Ok(frame) => format!("# {frame}"),
+        Ok(frame) => {
+            // `connected` (the first frame) and `resync` carry the client's new position: a
+            // reconnect resumes from it even when no notification has arrived yet.
+            if let Some(id) = frame["id"].as_str() {
+                *last_id = Some(id.to_owned());
+            }
+            format!("# {frame}")
+        }
         Err(_) => format!("# unparsed frame: {text}"),
     };
     let _ = writeln!(std::io::stdout().lock(), "{line}");

@@ -2,7 +2,8 @@
 //! (WebSocket only) reader task that owns the incoming side.
 //!
 //! The writer does, in order: wait until this replica is subscribed to the user's channel,
-//! replay the user's stream after the resume id, then deliver live messages from the
+//! tell the client its position (`connected`, the id it resumes from: its own last id, or for a
+//! new client the stream's head), replay the user's stream after that id, then deliver live messages from the
 //! connection's bounded queue, dropping any whose id it has already written (they were
 //! replayed). It also sends heartbeats, ends the connection when the access token expires, and
 //! on shutdown tells the client to reconnect elsewhere. Every socket write is raced against the
@@ -112,9 +113,12 @@ impl Writer {
                 .await
                 .map_err(|_| WriteFailed),
             Self::Sse(events) => {
-                let event = Event::default()
+                let mut event = Event::default()
                     .event(message.event_name())
                     .data(message.to_json());
+                if let Some(position) = message.position() {
+                    event = event.id(position.to_string());
+                }
                 events.send(event).await.map_err(|_| WriteFailed)
             }
         }
@@ -318,6 +322,8 @@ async fn serve(
         Resume::After(id) => (id, true),
         Resume::Fresh(head) => (head, false),
     };
+    let connected = ControlMessage::Connected { id: after };
+    stops.guard(writer.control(&connected)).await?;
     let mut delivered = Delivered { last: Some(after) };
     replay(context, writer, stops, user, &mut delivered, check_gap).await?;
 
@@ -420,6 +426,7 @@ async fn replay(
                 telemetry::resync();
                 let message = ControlMessage::Resync {
                     reason: "history no longer retained",
+                    id: head,
                 };
                 stops.guard(writer.control(&message)).await?;
                 delivered.last = Some(head);

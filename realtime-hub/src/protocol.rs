@@ -39,6 +39,12 @@ impl fmt::Display for StreamId {
     }
 }
 
+impl Serialize for StreamId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{0}` is not a notification id (expected `<milliseconds>-<sequence>`)")]
 pub struct InvalidStreamId(String);
@@ -126,9 +132,14 @@ pub enum Outbound {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMessage {
+    /// The first message of every connection: the client's position in its stream, from which
+    /// this connection delivers everything after. A client that reconnects with it as its last
+    /// id misses nothing, even if it received nothing on this connection.
+    Connected { id: StreamId },
     /// The requested id is older than what the server retains (or the stream was lost): reload
-    /// `GET /notifications/my`; live delivery continues on this connection.
-    Resync { reason: &'static str },
+    /// `GET /notifications/my`, which covers everything up to `id`, the client's new position;
+    /// live delivery continues on this connection.
+    Resync { reason: &'static str, id: StreamId },
     /// The server is about to close this connection; reconnect (elsewhere) with the last id.
     Reconnect { reason: &'static str },
     /// An in-band token refresh was accepted; the connection now lives until `expiresAt`.
@@ -141,10 +152,20 @@ pub enum ControlMessage {
 impl ControlMessage {
     pub fn event_name(&self) -> &'static str {
         match self {
+            Self::Connected { .. } => "connected",
             Self::Resync { .. } => "resync",
             Self::Reconnect { .. } => "reconnect",
             Self::Refreshed { .. } => "refreshed",
             Self::Error { .. } => "error",
+        }
+    }
+
+    /// The stream position the message moves the client to (SSE sends it as the event's `id`,
+    /// so a browser's `EventSource` resumes from it on its own).
+    pub fn position(&self) -> Option<StreamId> {
+        match self {
+            Self::Connected { id } | Self::Resync { id, .. } => Some(*id),
+            _ => None,
         }
     }
 
@@ -247,7 +268,19 @@ mod tests {
     fn control_messages_are_tagged_by_type() {
         let json = ControlMessage::Refreshed { expires_at: 7 }.to_json();
         assert_eq!(json, r#"{"type":"refreshed","expiresAt":7}"#);
-        let json = ControlMessage::Resync { reason: "trimmed" }.to_json();
-        assert_eq!(json, r#"{"type":"resync","reason":"trimmed"}"#);
+        let id = StreamId {
+            millis: 5,
+            sequence: 1,
+        };
+        let json = ControlMessage::Resync {
+            reason: "trimmed",
+            id,
+        }
+        .to_json();
+        assert_eq!(json, r#"{"type":"resync","reason":"trimmed","id":"5-1"}"#);
+        let connected = ControlMessage::Connected { id };
+        assert_eq!(connected.to_json(), r#"{"type":"connected","id":"5-1"}"#);
+        assert_eq!(connected.position(), Some(id));
+        assert_eq!(ControlMessage::Refreshed { expires_at: 7 }.position(), None);
     }
 }

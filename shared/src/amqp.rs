@@ -34,6 +34,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    backoff::Backoff,
     config::AmqpSettings,
     db::{ConnectError, redact_url, retry_startup},
     events::{self, EventEnvelope},
@@ -408,13 +409,24 @@ where
     Ok(rejected)
 }
 
-/// Pause before a transiently failed message goes back on the queue, so a broken dependency is
-/// not hammered in a tight loop.
-const TRANSIENT_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// First pause before a transiently failed batch is tried again in place.
+const RETRY_FIRST_DELAY: Duration = Duration::from_millis(100);
+/// Longest pause between two attempts while a dependency stays down: a recovered dependency is
+/// noticed within this long.
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// Consumes `spec` until `shutdown` is cancelled, reconnecting after broker failures. Up to
 /// `prefetch` messages are handled at once; each is acked after `handler` returns `Ok` for its
 /// batch of events.
+///
+/// A transient failure ([`HandlerError::Transient`]: a backing service down, a timeout) is
+/// retried in place, with capped backoff, for as long as it lasts: the message stays
+/// unacknowledged with this consumer, so an outage never spends the queue's delivery limit and
+/// never dead-letters anything. Only shutdown ends the retries; the message is then handed back
+/// for redelivery. The dead-letter queue receives only what can never succeed (undecodable
+/// messages, [`HandlerError::Permanent`] events), each logged with why. Retries are counted in
+/// `consumer_retries_total{queue}`, and `consumer_retrying{queue}` says how many batches are
+/// waiting on a dependency right now.
 pub async fn run_consumer<H, Fut>(
     settings: AmqpSettings,
     spec: QueueSpec,
@@ -424,78 +436,26 @@ pub async fn run_consumer<H, Fut>(
     H: Fn(Batch) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<Rejected>, HandlerError>> + Send,
 {
-    let mut delay = Duration::from_millis(200);
-    while !shutdown.is_cancelled() {
-        match consume_once(&settings, &spec, &shutdown, handler.clone()).await {
-            Ok(()) => delay = Duration::from_millis(200),
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let consumer = Consumer {
+        spec,
+        shutdown,
+        handler,
+    };
+    while !consumer.shutdown.is_cancelled() {
+        match consumer.consume_once(&settings).await {
+            Ok(()) => backoff.reset(),
             Err(error) => {
-                tracing::warn!(queue = %spec.name, %error, retry_in = ?delay, "consumer lost RabbitMQ; reconnecting");
+                let delay = backoff.next_delay();
+                tracing::warn!(queue = %consumer.spec.name, %error, retry_in = ?delay, "consumer lost RabbitMQ; reconnecting");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => {}
+                    () = consumer.shutdown.cancelled() => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
-    tracing::info!(queue = %spec.name, "consumer stopped");
-}
-
-async fn consume_once<H, Fut>(
-    settings: &AmqpSettings,
-    spec: &QueueSpec,
-    shutdown: &CancellationToken,
-    handler: H,
-) -> Result<(), lapin::Error>
-where
-    H: Fn(Batch) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Vec<Rejected>, HandlerError>> + Send,
-{
-    let connection = connect(settings).await?;
-    let channel = connection.create_channel().await?;
-    declare_topology(&channel, settings).await?;
-    declare_work_queue(&channel, settings, spec).await?;
-    // Rejected events are republished to the dead-letter queue on this channel, confirmed.
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    channel
-        .basic_qos(settings.prefetch, BasicQosOptions::default())
-        .await?;
-    let consumer = channel
-        .basic_consume(
-            &spec.name,
-            "",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    tracing::info!(queue = %spec.name, "consuming");
-
-    // Whatever has arrived by the time a handler is free is handled as one batch.
-    let deliveries = consumer
-        .take_until(shutdown.cancelled())
-        .ready_chunks(MAX_MESSAGES_PER_BATCH);
-    let results = deliveries.map(|chunk| {
-        let (handler, channel) = (handler.clone(), channel.clone());
-        async move {
-            let chunk = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
-            settle_chunk(&channel, spec, chunk, handler).await
-        }
-    });
-    let mut results =
-        std::pin::pin!(results.buffer_unordered(usize::from(settings.prefetch.max(1))));
-    while let Some(result) = results.next().await {
-        result?;
-    }
-    if !shutdown.is_cancelled() {
-        return Err(lapin::Error::InvalidChannelState(
-            lapin::ChannelState::Closed,
-        ));
-    }
-    let _ = channel.close(200, "shutting down").await;
-    let _ = connection.close(200, "shutting down").await;
-    Ok(())
+    tracing::info!(queue = %consumer.spec.name, "consumer stopped");
 }
 
 /// Messages handled together at most: the events of every message that is already waiting when
@@ -503,122 +463,208 @@ where
 /// covers them all), while a lone message is handled at once.
 pub const MAX_MESSAGES_PER_BATCH: usize = 32;
 
-/// Handles the events of `chunk` (deliveries already received) as one batch and settles every
-/// delivery. A batch the handler refuses as a whole is retried message by message, so one
-/// impossible message cannot take the others to the dead-letter queue with it.
-async fn settle_chunk<H, Fut>(
-    channel: &Channel,
-    spec: &QueueSpec,
-    chunk: Vec<lapin::message::Delivery>,
+/// One queue's consumer: what it consumes, when it stops, and what it does with each batch.
+struct Consumer<H> {
+    spec: QueueSpec,
+    shutdown: CancellationToken,
     handler: H,
-) -> Result<(), lapin::Error>
-where
-    H: Fn(Batch) -> Fut + Clone,
-    Fut: Future<Output = Result<Vec<Rejected>, HandlerError>>,
-{
-    if chunk.len() == 1 {
-        return match chunk.into_iter().next() {
-            Some(delivery) => settle(channel, spec, delivery, handler).await,
-            None => Ok(()),
-        };
-    }
-    let mut events = Vec::new();
-    let mut readable = Vec::with_capacity(chunk.len());
-    for delivery in chunk {
-        match EventEnvelope::decode_batch(&delivery.data) {
-            Ok(decoded) => {
-                events.extend(decoded);
-                readable.push(delivery);
-            }
-            // Dead-lettered on its own.
-            Err(_) => settle(channel, spec, delivery, handler.clone()).await?,
-        }
-    }
-    let redelivered = readable.iter().any(|delivery| delivery.redelivered);
-    match handler.clone()(Batch {
-        events,
-        redelivered,
-    })
-    .await
-    {
-        Ok(rejected) => {
-            if !rejected.is_empty() {
-                dead_letter(channel, spec, &rejected).await?;
-            }
-            for delivery in readable {
-                delivery.acker.ack(BasicAckOptions::default()).await?;
-            }
-        }
-        Err(HandlerError::Permanent(_)) => {
-            for delivery in readable {
-                settle(channel, spec, delivery, handler.clone()).await?;
-            }
-        }
-        Err(HandlerError::Transient(reason)) => {
-            tracing::warn!(queue = %spec.name, %reason, messages = readable.len(), "event handling failed; the messages will be redelivered");
-            tokio::time::sleep(TRANSIENT_RETRY_DELAY).await;
-            for delivery in readable {
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                };
-                delivery.acker.nack(requeue).await?;
-            }
-        }
-    }
-    Ok(())
 }
 
-/// Handles one delivery and settles it with the broker: ack, dead-letter, or requeue.
-async fn settle<H, Fut>(
-    channel: &Channel,
-    spec: &QueueSpec,
-    delivery: lapin::message::Delivery,
-    handler: H,
-) -> Result<(), lapin::Error>
+impl<H, Fut> Consumer<H>
 where
-    H: Fn(Batch) -> Fut,
-    Fut: Future<Output = Result<Vec<Rejected>, HandlerError>>,
+    H: Fn(Batch) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Rejected>, HandlerError>> + Send,
 {
-    let outcome = match EventEnvelope::decode_batch(&delivery.data) {
-        Err(error) => Err(HandlerError::Permanent(error.to_string())),
-        Ok(events) => {
-            handler(Batch {
-                events,
-                redelivered: delivery.redelivered,
-            })
-            .await
-        }
-    };
-    match outcome {
-        Ok(rejected) => {
-            if !rejected.is_empty() {
-                dead_letter(channel, spec, &rejected).await?;
+    async fn consume_once(&self, settings: &AmqpSettings) -> Result<(), lapin::Error> {
+        let spec = &self.spec;
+        let connection = connect(settings).await?;
+        let channel = connection.create_channel().await?;
+        declare_topology(&channel, settings).await?;
+        declare_work_queue(&channel, settings, spec).await?;
+        // Rejected events are republished to the dead-letter queue on this channel, confirmed.
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channel
+            .basic_qos(settings.prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                &spec.name,
+                "",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue = %spec.name, "consuming");
+
+        // Whatever has arrived by the time a handler is free is handled as one batch.
+        let deliveries = consumer
+            .take_until(self.shutdown.cancelled())
+            .ready_chunks(MAX_MESSAGES_PER_BATCH);
+        let results = deliveries.map(|chunk| {
+            let channel = channel.clone();
+            async move {
+                let chunk = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
+                self.settle_chunk(&channel, chunk).await
             }
-            delivery.acker.ack(BasicAckOptions::default()).await
+        });
+        let mut results =
+            std::pin::pin!(results.buffer_unordered(usize::from(settings.prefetch.max(1))));
+        while let Some(result) = results.next().await {
+            result?;
         }
-        Err(HandlerError::Permanent(reason)) => {
-            tracing::error!(queue = %spec.name, %reason, "dead-lettering a message that cannot be processed");
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: false,
-                    multiple: false,
-                })
-                .await
+        if !self.shutdown.is_cancelled() {
+            return Err(lapin::Error::InvalidChannelState(
+                lapin::ChannelState::Closed,
+            ));
         }
-        Err(HandlerError::Transient(reason)) => {
-            tracing::warn!(queue = %spec.name, %reason, "event handling failed; it will be redelivered");
-            tokio::time::sleep(TRANSIENT_RETRY_DELAY).await;
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await
+        let _ = channel.close(200, "shutting down").await;
+        let _ = connection.close(200, "shutting down").await;
+        Ok(())
+    }
+
+    /// Runs the handler on `batch` until it succeeds, fails permanently, or shutdown comes
+    /// (then the last transient error is returned and the caller hands the messages back).
+    async fn handle_in_place(&self, batch: Batch) -> Result<Vec<Rejected>, HandlerError> {
+        let queue = self.spec.name.as_str();
+        let mut backoff = Backoff::new(RETRY_FIRST_DELAY, RETRY_MAX_DELAY);
+        let mut retries = 0_u64;
+        loop {
+            let outcome = (self.handler)(batch.clone()).await;
+            let Err(HandlerError::Transient(reason)) = outcome else {
+                if retries > 0 {
+                    metrics::gauge!("consumer_retrying", "queue" => queue.to_owned())
+                        .decrement(1.0);
+                    tracing::info!(%queue, retries, "a dependency is back; the batch is handled");
+                }
+                return outcome;
+            };
+            if retries == 0 {
+                metrics::gauge!("consumer_retrying", "queue" => queue.to_owned()).increment(1.0);
+            }
+            retries += 1;
+            metrics::counter!("consumer_retries_total", "queue" => queue.to_owned()).increment(1);
+            // Loud at first, then once a minute or so: an outage is one story, not a flood.
+            if retries == 1 || retries.is_multiple_of(12) {
+                tracing::warn!(%queue, %reason, retries, events = batch.events.len(), "event handling failed transiently; retrying in place");
+            }
+            if !backoff.wait(&self.shutdown).await {
+                metrics::gauge!("consumer_retrying", "queue" => queue.to_owned()).decrement(1.0);
+                return Err(HandlerError::Transient(reason));
+            }
         }
     }
+
+    /// Handles the events of `chunk` (deliveries already received) as one batch and settles
+    /// every delivery. A batch the handler refuses as a whole is retried message by message, so
+    /// one impossible message cannot take the others to the dead-letter queue with it.
+    async fn settle_chunk(
+        &self,
+        channel: &Channel,
+        chunk: Vec<lapin::message::Delivery>,
+    ) -> Result<(), lapin::Error> {
+        if chunk.len() == 1 {
+            return match chunk.into_iter().next() {
+                Some(delivery) => self.settle(channel, delivery).await,
+                None => Ok(()),
+            };
+        }
+        let mut events = Vec::new();
+        let mut readable = Vec::with_capacity(chunk.len());
+        for delivery in chunk {
+            match EventEnvelope::decode_batch(&delivery.data) {
+                Ok(decoded) => {
+                    events.extend(decoded);
+                    readable.push(delivery);
+                }
+                // Dead-lettered on its own.
+                Err(_) => self.settle(channel, delivery).await?,
+            }
+        }
+        let redelivered = readable.iter().any(|delivery| delivery.redelivered);
+        let batch = Batch {
+            events,
+            redelivered,
+        };
+        match self.handle_in_place(batch).await {
+            Ok(rejected) => {
+                if !rejected.is_empty() {
+                    dead_letter(channel, &self.spec, &rejected).await?;
+                }
+                for delivery in readable {
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
+            }
+            Err(HandlerError::Permanent(_)) => {
+                for delivery in readable {
+                    self.settle(channel, delivery).await?;
+                }
+            }
+            Err(HandlerError::Transient(_)) => {
+                for delivery in readable {
+                    hand_back(&self.spec, delivery).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one delivery and settles it with the broker: ack, dead-letter, or (at shutdown,
+    /// while a dependency is still down) hand back.
+    async fn settle(
+        &self,
+        channel: &Channel,
+        delivery: lapin::message::Delivery,
+    ) -> Result<(), lapin::Error> {
+        let outcome = match EventEnvelope::decode_batch(&delivery.data) {
+            Err(error) => Err(HandlerError::Permanent(format!(
+                "the message is not an event or event batch: {error}"
+            ))),
+            Ok(events) => {
+                self.handle_in_place(Batch {
+                    events,
+                    redelivered: delivery.redelivered,
+                })
+                .await
+            }
+        };
+        match outcome {
+            Ok(rejected) => {
+                if !rejected.is_empty() {
+                    dead_letter(channel, &self.spec, &rejected).await?;
+                }
+                delivery.acker.ack(BasicAckOptions::default()).await
+            }
+            Err(HandlerError::Permanent(reason)) => {
+                tracing::error!(queue = %self.spec.name, %reason, "dead-lettering a message that cannot be processed");
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: false,
+                        multiple: false,
+                    })
+                    .await
+            }
+            Err(HandlerError::Transient(_)) => hand_back(&self.spec, delivery).await,
+        }
+    }
+}
+
+/// Returns a delivery to its queue unhandled (shutdown while its dependency is down), for
+/// this or another replica to take up.
+async fn hand_back(
+    spec: &QueueSpec,
+    delivery: lapin::message::Delivery,
+) -> Result<(), lapin::Error> {
+    tracing::info!(queue = %spec.name, "shutting down with a batch still waiting on a dependency; it goes back to the queue");
+    delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await
 }
 
 /// Header on a dead-lettered event saying why it was rejected.

@@ -5,6 +5,7 @@
 
 pub mod amqp;
 pub mod auth;
+pub mod backoff;
 pub mod clients;
 pub mod config;
 pub mod db;

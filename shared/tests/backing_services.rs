@@ -206,8 +206,22 @@ async fn published_events_reach_a_bound_consumer_and_the_event_log() {
     assert_eq!(ids, vec![event.id, other.id]);
 }
 
+/// Reads every message now in `queue`, without acknowledging them back.
+async fn drain(channel: &lapin::Channel, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+    let mut messages = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue, BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        messages.push(message);
+    }
+    messages
+}
+
 #[tokio::test]
-async fn poison_and_repeatedly_failing_messages_end_in_the_dead_letter_queue() {
+async fn a_permanent_failure_is_dead_lettered_and_a_transient_one_retried_in_place_past_the_delivery_limit()
+ {
     let env = TestEnv::new();
     let spec = QueueSpec {
         name: env.settings.amqp.queue("poison"),
@@ -220,24 +234,34 @@ async fn poison_and_repeatedly_failing_messages_end_in_the_dead_letter_queue() {
         .unwrap();
     let permanent = unfollowed();
     let transient = unfollowed();
-    let (permanent_id, transient_id) = (permanent.id, transient.id);
-    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let counted = attempts.clone();
+    let permanent_id = permanent.id;
+    // (attempts, redelivered flags seen) for the transiently failing event.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let recorded = seen.clone();
     let shutdown = CancellationToken::new();
     let consumer = tokio::spawn(run_consumer(
         env.settings.amqp.clone(),
         spec.clone(),
         shutdown.clone(),
         move |batch: Batch| {
-            let counted = counted.clone();
+            let (recorded, done_tx) = (recorded.clone(), done_tx.clone());
             async move {
                 let event = &batch.events[0];
                 if event.id == permanent_id {
-                    Err(HandlerError::Permanent("cannot be processed".into()))
-                } else {
-                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    Err(HandlerError::Transient("dependency down".into()))
+                    return Err(HandlerError::Permanent("cannot be processed".into()));
                 }
+                let attempts = {
+                    let mut seen = recorded.lock().unwrap();
+                    seen.push(batch.redelivered);
+                    seen.len()
+                };
+                // Down for more attempts than the queue's delivery limit.
+                if attempts <= 6 {
+                    return Err(HandlerError::Transient("dependency down".into()));
+                }
+                done_tx.send(event.id).unwrap();
+                Ok(Vec::new())
             }
         },
     ));
@@ -245,34 +269,84 @@ async fn poison_and_repeatedly_failing_messages_end_in_the_dead_letter_queue() {
     publisher.publish(&permanent).await.unwrap();
     publisher.publish(&transient).await.unwrap();
 
-    let mut dead = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while dead.len() < 2 && tokio::time::Instant::now() < deadline {
-        match channel
-            .basic_get(&spec.dead_letter_queue(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(message) => dead.push(
-                EventEnvelope::from_slice(&message.delivery.data)
-                    .unwrap()
-                    .id,
-            ),
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    dead.sort();
-    let mut expected = vec![permanent_id, transient_id];
-    expected.sort();
-    assert_eq!(dead, expected, "both messages should be dead-lettered");
-    // Delivery limit 2: the first delivery and two redeliveries, then dead-lettered.
-    let tries = attempts.load(std::sync::atomic::Ordering::SeqCst);
+    let handled = tokio::time::timeout(Duration::from_secs(30), done.recv())
+        .await
+        .expect("the transiently failing event was never handled")
+        .unwrap();
+    assert_eq!(handled, transient.id);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 7, "one success after six transient failures");
     assert!(
-        (2..=3).contains(&tries),
-        "transient message handled {tries} times"
+        seen.iter().all(|redelivered| !redelivered),
+        "retries happen in place, on the first delivery: {seen:?}"
     );
     shutdown.cancel();
     consumer.await.unwrap();
+    let dead: Vec<_> = drain(&channel, &spec.dead_letter_queue())
+        .await
+        .iter()
+        .map(|message| {
+            EventEnvelope::from_slice(&message.delivery.data)
+                .unwrap()
+                .id
+        })
+        .collect();
+    assert_eq!(
+        dead,
+        [permanent_id],
+        "only the permanent failure is dead-lettered"
+    );
+    assert!(
+        drain(&channel, &spec.name).await.is_empty(),
+        "the retried event was acknowledged"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_while_a_dependency_is_down_hands_the_message_back_to_the_queue() {
+    let env = TestEnv::new();
+    let spec = QueueSpec {
+        name: env.settings.amqp.queue("hand-back"),
+        routing_keys: vec![event_type::USER_UNFOLLOWED.to_owned()],
+        delivery_limit: 5,
+    };
+    let (_connection, channel) = env.amqp_channel().await;
+    declare_work_queue(&channel, &env.settings.amqp, &spec)
+        .await
+        .unwrap();
+    let (tried_tx, mut tried) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn(run_consumer(
+        env.settings.amqp.clone(),
+        spec.clone(),
+        shutdown.clone(),
+        move |_batch: Batch| {
+            let _ = tried_tx.send(());
+            async { Err::<Vec<_>, _>(HandlerError::Transient("dependency down".into())) }
+        },
+    ));
+    let event = unfollowed();
+    EventPublisher::new(env.settings.amqp.clone())
+        .publish(&event)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(10), tried.recv())
+            .await
+            .expect("the handler was not retried");
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), consumer)
+        .await
+        .expect("a retrying consumer stops promptly on shutdown")
+        .unwrap();
+    let back = drain(&channel, &spec.name).await;
+    assert_eq!(back.len(), 1, "the message is back in its queue");
+    assert_eq!(
+        EventEnvelope::decode_batch(&back[0].delivery.data).unwrap()[0].id,
+        event.id
+    );
+    assert!(drain(&channel, &spec.dead_letter_queue()).await.is_empty());
 }
 
 #[tokio::test]

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Frame, Publisher, SseClient, close_code, next_frame, next_notification, notification,
-    send_json, spawn_replica, try_ws_connect, ws_connect,
+    Frame, Publisher, SseClient, close_code, expect_connected, next_frame, next_notification,
+    notification, send_json, spawn_replica, try_ws_connect, ws_connect,
 };
 
 async fn ticket(replica: &crate::helpers::Replica, token: &str) -> (reqwest::StatusCode, Value) {
@@ -126,6 +126,7 @@ async fn the_connection_closes_when_the_access_token_expires() {
     )
     .await
     .unwrap();
+    events.expect_connected().await;
     let event = events.next_event(Duration::from_secs(6)).await.unwrap();
     assert_eq!(event.event.as_deref(), Some("reconnect"));
     assert!(event.data.contains("token_expired"), "{}", event.data);
@@ -138,6 +139,7 @@ async fn an_in_band_refresh_keeps_the_connection_and_a_bad_one_closes_it() {
     let user = Uuid::now_v7();
 
     let mut socket = ws_connect(&replica, &env.access_token_expiring_in(user, 2), "").await;
+    expect_connected(&mut socket).await;
     send_json(
         &mut socket,
         &json!({"type": "refresh", "token": env.access_token(user)}),

@@ -212,6 +212,17 @@ pub async fn next_notification(socket: &mut Ws) -> Value {
     }
 }
 
+/// Reads the first frame of a connection, which must be `connected`, and returns its position.
+pub async fn expect_connected(socket: &mut Ws) -> String {
+    match next_frame(socket, PATIENCE).await {
+        Some(Frame::Json(frame)) if frame["type"] == "connected" => frame["id"]
+            .as_str()
+            .expect("connected carries an id")
+            .to_owned(),
+        other => panic!("expected the connected frame first, got {other:?}"),
+    }
+}
+
 /// Asserts nothing but pings arrives for `quiet`.
 pub async fn assert_silent(socket: &mut Ws, quiet: Duration) {
     if let Some(frame) = next_frame(socket, quiet).await {
@@ -307,6 +318,19 @@ impl SseClient {
                 .ok()??;
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
         }
+    }
+
+    /// Reads the first event of a stream, which must be `connected`, and returns its id.
+    pub async fn expect_connected(&mut self) -> String {
+        let event = self
+            .next_event(PATIENCE)
+            .await
+            .expect("expected the connected event");
+        assert_eq!(event.event.as_deref(), Some("connected"), "{event:?}");
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        let id = event.id.expect("connected carries an SSE id");
+        assert_eq!(data["id"], id.as_str(), "the id field and the data agree");
+        id
     }
 
     pub async fn next_notification(&mut self) -> SseEvent {

@@ -1,7 +1,11 @@
 //! A replica whose Redis link drops while its clients stay connected: notifications published
 //! meanwhile (by the other replica) reach those clients once the link is back, exactly once.
 
-use instaclone_shared::testing::{TcpProxy, TestEnv};
+use instaclone_realtime_hub::store::{Append, Store};
+use instaclone_shared::{
+    events::NotificationView,
+    testing::{TcpProxy, TestEnv},
+};
 use uuid::Uuid;
 
 use crate::{
@@ -40,9 +44,11 @@ async fn notifications_missed_during_a_pubsub_outage_are_caught_up() {
     // The cut aborts the proxy's connection tasks; let that land before publishing, or a
     // notification can still slip through A's old link live (and no catch-up is needed).
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    // Replica B (or A, once its appends are retried) stores these; A's pub/sub is down.
+    // Another replica (B's consumer path, on its own Redis link) stores these while A's
+    // pub/sub is down. Published through RabbitMQ they could go to A's consumer instead, which
+    // holds them until its Redis is back: nothing would be missed, and nothing tested.
     let missed: Vec<_> = (0..3).map(|_| notification(user)).collect();
-    publisher.publish(&missed).await;
+    append_directly(&env, &missed).await;
     wait_for_stream_length(&env, user, 4).await;
     proxy.restore().await;
 
@@ -52,4 +58,34 @@ async fn notifications_missed_during_a_pubsub_outage_are_caught_up() {
     assert_silent(&mut socket, std::time::Duration::from_millis(500)).await;
     assert!(metric(&replica_a, "hub_pubsub_reconnects_total", &[]).await >= 1.0);
     drop(replica_b);
+}
+
+/// Appends `notifications` as a hub replica's consumer does, on a Redis link of its own.
+async fn append_directly(env: &TestEnv, notifications: &[NotificationView]) {
+    let redis = redis::Client::open(env.settings.redis.url.expose().as_str())
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
+    let store = Store::new(
+        redis,
+        env.settings.redis.clone(),
+        env.settings.hub.stream_max_len,
+    );
+    let json: Vec<String> = notifications
+        .iter()
+        .map(|n| serde_json::to_string(n).unwrap())
+        .collect();
+    let batch: Vec<Append<'_>> = notifications
+        .iter()
+        .zip(&json)
+        .map(|(n, json)| Append {
+            user: n.user_id,
+            notification_id: &n.id,
+            created_at_millis: n.created_at.timestamp_millis(),
+            notification_json: json,
+        })
+        .collect();
+    let appended = store.append(&batch).await.unwrap();
+    assert_eq!(appended.new, notifications.len());
 }

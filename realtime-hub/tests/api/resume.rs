@@ -6,8 +6,8 @@ use instaclone_shared::testing::TestEnv;
 use uuid::Uuid;
 
 use crate::helpers::{
-    Frame, Publisher, SseClient, assert_silent, next_frame, next_notification, notification,
-    spawn_replica, ws_connect,
+    Frame, Publisher, SseClient, assert_silent, expect_connected, next_frame, next_notification,
+    notification, spawn_replica, ws_connect,
 };
 
 #[tokio::test]
@@ -105,8 +105,13 @@ async fn an_id_the_server_no_longer_has_gets_resync_then_live_delivery() {
 
     // No stream at all (expired or lost) although the client has an id.
     let mut socket = ws_connect(&replica, &token, "?lastEventId=1700000000000-0").await;
+    assert_eq!(expect_connected(&mut socket).await, "1700000000000-0");
     match next_frame(&mut socket, Duration::from_secs(5)).await {
-        Some(Frame::Json(frame)) => assert_eq!(frame["type"], "resync", "{frame}"),
+        // The new position is the stream's head: none yet.
+        Some(Frame::Json(frame)) => {
+            assert_eq!(frame["type"], "resync", "{frame}");
+            assert_eq!(frame["id"], "0-0", "{frame}");
+        }
         other => panic!("expected resync, got {other:?}"),
     }
     let live = notification(user);
@@ -117,8 +122,105 @@ async fn an_id_the_server_no_longer_has_gets_resync_then_live_delivery() {
     let mut events = SseClient::connect(&replica, Some(&token), None, "?since=1700000000000-5")
         .await
         .unwrap();
+    assert_eq!(events.expect_connected().await, "1700000000000-5");
     let event = events.next_event(Duration::from_secs(5)).await.unwrap();
     assert_eq!(event.event.as_deref(), Some("resync"));
+    // It moves the browser's Last-Event-ID to the head, past what the reload covers.
+    let head = live_id(&env, user).await;
+    assert_eq!(event.id.as_deref(), Some(head.as_str()));
+}
+
+/// The id of the newest entry of `user`'s stream.
+async fn live_id(env: &TestEnv, user: Uuid) -> String {
+    let mut redis = env.redis().await;
+    let key = env.settings.redis.key(&format!("stream:{{{user}}}"));
+    let newest: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+        .arg(&key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    newest.into_iter().next().expect("the stream has entries").0
+}
+
+#[tokio::test]
+async fn a_websocket_client_that_received_nothing_resumes_from_its_first_frame() {
+    let env = TestEnv::new();
+    let replica_a = spawn_replica(&env).await;
+    let replica_b = spawn_replica(&env).await;
+    let publisher = Publisher::new(&env).await;
+    let user = Uuid::now_v7();
+    let token = env.access_token(user);
+    // History from before this client existed.
+    publisher
+        .publish(&[notification(user), notification(user)])
+        .await;
+    wait_for_stream_length(&env, user, 2).await;
+
+    let mut socket = ws_connect(&replica_a, &token, "").await;
+    let position = expect_connected(&mut socket).await;
+    assert_eq!(
+        position,
+        live_id(&env, user).await,
+        "a new client starts at the head"
+    );
+    assert_silent(&mut socket, Duration::from_millis(200)).await;
+    drop(socket);
+
+    let missed: Vec<_> = (0..3).map(|_| notification(user)).collect();
+    publisher.publish(&missed).await;
+    wait_for_stream_length(&env, user, 5).await;
+
+    let mut socket = ws_connect(&replica_b, &token, &format!("?lastEventId={position}")).await;
+    assert_eq!(expect_connected(&mut socket).await, position);
+    for expected in &missed {
+        assert_eq!(
+            next_notification(&mut socket).await["data"]["_id"],
+            expected.id.as_str()
+        );
+    }
+    assert_silent(&mut socket, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn an_sse_client_that_received_nothing_resumes_from_its_first_event() {
+    let env = TestEnv::new();
+    let replica = spawn_replica(&env).await;
+    let publisher = Publisher::new(&env).await;
+    let user = Uuid::now_v7();
+    let token = env.access_token(user);
+
+    // No stream yet: the position is 0-0, which resumes with everything.
+    let mut events = SseClient::connect(&replica, Some(&token), None, "")
+        .await
+        .unwrap();
+    let position = events.expect_connected().await;
+    assert_eq!(position, "0-0");
+    drop(events);
+
+    let missed: Vec<_> = (0..3).map(|_| notification(user)).collect();
+    publisher.publish(&missed).await;
+    wait_for_stream_length(&env, user, 3).await;
+
+    // As a browser's EventSource does: Last-Event-ID is the connected event's id.
+    let mut events = SseClient::connect(&replica, Some(&token), Some(&position), "")
+        .await
+        .unwrap();
+    assert_eq!(events.expect_connected().await, position);
+    for expected in &missed {
+        let event = events.next_notification().await;
+        assert!(event.data.contains(&expected.id), "{event:?}");
+    }
+    assert!(
+        events
+            .next_event(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing more expected"
+    );
 }
 
 #[tokio::test]

@@ -4,8 +4,9 @@
 //! Each event is handled so that doing it twice (a redelivery after a crash, a replay of the
 //! event log, two consumers racing) is harmless and loses nothing:
 //! 1. An event whose progress record says `completed` is acknowledged at once.
-//! 2. Notifications are inserted in batches; the unique `{eventId, userId}` index turns a repeat
-//!    into a duplicate-key error, which means "already stored" (the stored copy is read back).
+//! 2. Notifications are inserted in batches under ids derived from (event, recipient), so a
+//!    repeat is a duplicate-key error, which means "already stored" (the stored copy is read
+//!    back).
 //! 3. After a batch is stored, its `notification.created` events are published (with publisher
 //!    confirms) and only then is the progress record moved past that batch. A crash in between
 //!    means the batch is stored and emitted again on redelivery: the hub sees the same
@@ -32,6 +33,7 @@ use std::{
 
 use instaclone_shared::{
     amqp::{Batch, EventPublisher, HandlerError, QueueSpec, Rejected, run_consumer},
+    backoff::Backoff,
     clients::{ClientError, IdPage, UsersClient},
     config::AmqpSettings,
     events::{EventEnvelope, NotificationCreated, PostCreated, UserFollowed, event_type},
@@ -48,15 +50,16 @@ use crate::{
 
 /// Suffix of the work queue this service consumes.
 pub const QUEUE: &str = "notifications";
-/// Deliveries of one event before it goes to the dead-letter queue.
-pub const DELIVERY_LIMIT: u32 = 5;
+/// Deliveries of one message before it goes to the dead-letter queue: only a message that keeps
+/// crashing the consumer gets there (transient failures are retried in place, undeliverable
+/// counts are not spent on them).
+pub const DELIVERY_LIMIT: u32 = 10;
 /// Followers read (and notifications inserted) per round of a fan-out.
 pub const FOLLOWER_PAGE: u32 = 1000;
 /// Notifications carried by one `notification.created` event.
 pub const NOTIFICATIONS_PER_EVENT: usize = 250;
-/// Attempts at a transiently failing event inside one delivery, before it is handed back to the
-/// broker (which counts deliveries against [`DELIVERY_LIMIT`]).
-const IN_DELIVERY_ATTEMPTS: u32 = 3;
+/// Attempts at a transiently failing event during a replay before the replay stops.
+const REPLAY_ATTEMPTS: u32 = 5;
 /// How long an author's username is reused before it is looked up again.
 const AUTHOR_NAME_TTL: Duration = Duration::from_secs(300);
 /// Bound on the author name cache; it starts afresh when full.
@@ -136,41 +139,33 @@ impl EventProcessor {
         self
     }
 
-    /// Handles the events of one delivered message together (see the module docs), retrying
-    /// transient failures a few times before giving the message back to the broker.
+    /// Handles the events of one delivered message together (see the module docs). A transient
+    /// failure is returned as it is: the consumer retries the message in place until the store,
+    /// the broker or the users service answers again.
     ///
     /// Progress records are read only for a redelivered message: a first delivery has none,
     /// unless the producer published the event twice, and then redoing it is harmless (the
-    /// unique index and the hub's dedupe absorb the repeat).
+    /// deterministic notification ids and the hub's dedupe absorb the repeat).
     pub async fn handle_batch(&self, batch: Batch) -> Result<Vec<Rejected>, HandlerError> {
-        let processed = self
-            .with_retries(|| self.process(&batch.events, batch.redelivered))
-            .await?;
+        let processed = self.process(&batch.events, batch.redelivered).await?;
         Ok(processed.rejected)
     }
 
     /// Handles `event` (reading its progress first), retrying transient failures a few times
-    /// before giving up.
+    /// before giving up: the replay command's way, which reports a dependency that stays down
+    /// instead of waiting on it.
     pub async fn handle_with_retries(
         &self,
         event: &EventEnvelope,
     ) -> Result<Outcome, HandlerError> {
-        self.with_retries(|| self.handle(event)).await
-    }
-
-    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, HandlerError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, HandlerError>>,
-    {
-        let mut delay = Duration::from_millis(250);
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(4));
         let mut attempts = 1;
         loop {
-            match attempt().await {
-                Err(HandlerError::Transient(reason)) if attempts < IN_DELIVERY_ATTEMPTS => {
-                    tracing::warn!(%reason, retry_in = ?delay, "retrying events");
+            match self.handle(event).await {
+                Err(HandlerError::Transient(reason)) if attempts < REPLAY_ATTEMPTS => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%reason, retry_in = ?delay, "retrying an event");
                     tokio::time::sleep(delay).await;
-                    delay *= 4;
                     attempts += 1;
                 }
                 other => return other,

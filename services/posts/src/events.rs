@@ -15,7 +15,7 @@
 //! handled in any order: the feed read decides who counts and what still exists, so a late
 //! `user.followed` backfill after an unfollow only leaves entries the read skips.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use instaclone_shared::{
     amqp::{Batch, HandlerError, QueueSpec, Rejected},
@@ -26,7 +26,6 @@ use instaclone_shared::{
     },
 };
 use mongodb::bson::oid::ObjectId;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
@@ -58,36 +57,9 @@ pub fn queue_spec(settings: &AmqpSettings) -> QueueSpec {
 impl From<PostsError> for HandlerError {
     fn from(error: PostsError) -> Self {
         // Every failure here is a backing service (Redis, MongoDB, the users service) not
-        // answering; the event is retried.
+        // answering; the consumer retries the batch in place until it answers. Giving up would
+        // leave a hole in timelines that believe themselves complete.
         HandlerError::Transient(error.to_string())
-    }
-}
-
-/// Longest pause between two attempts at a batch while a backing service is down.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
-
-/// [`handle`], retried in place while Redis, MongoDB or the users service does not answer, until
-/// it succeeds or `shutdown` (then the broker redelivers it). Giving up after a few attempts would
-/// dead-letter the events and leave a hole in timelines that believe themselves complete; holding
-/// them instead backs the (bounded) queue up, and behind it the producers' outboxes.
-pub async fn handle_until_done(
-    feed: &HomeFeed,
-    batch: Batch,
-    shutdown: &CancellationToken,
-) -> Result<Vec<Rejected>, HandlerError> {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match handle(feed, &batch).await {
-            Err(HandlerError::Transient(reason)) => {
-                tracing::warn!(events = batch.events.len(), %reason, retry_in = ?delay, "timeline update failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => return Err(HandlerError::Transient(reason)),
-                }
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
-            }
-            done => return done,
-        }
     }
 }
 

@@ -120,8 +120,8 @@ pub async fn build(
         timeline_queue,
         shutdown.clone(),
         move |batch| {
-            let (feed, shutdown) = (feed.clone(), shutdown.clone());
-            async move { events::handle_until_done(&feed, batch, &shutdown).await }
+            let feed = feed.clone();
+            async move { events::handle(&feed, &batch).await }
         },
     ));
     Ok(app)

@@ -20,7 +20,7 @@ pub mod views;
 
 use axum::extract::FromRef;
 use instaclone_shared::{
-    amqp::{EventPublisher, run_consumer},
+    amqp::{EventPublisher, declare_work_queue_at_startup, run_consumer},
     auth::{InternalToken, TokenVerifier},
     config::Settings,
     db,
@@ -92,6 +92,10 @@ pub async fn build(
         ],
         settings.http.body_limit_bytes,
     );
+    // Bound before serving, so no post.created published meanwhile misses the counts.
+    let posts_count_queue = posts_count::queue_spec(&settings.amqp);
+    declare_work_queue_at_startup(&settings.amqp, &posts_count_queue, settings.startup_wait)
+        .await?;
     let mut app = ServiceApp::bind(
         SERVICE_NAME,
         settings.http.host,
@@ -112,7 +116,7 @@ pub async fn build(
     let consumer_pool = pool;
     app.spawn_task(run_consumer(
         settings.amqp.clone(),
-        posts_count::queue_spec(&settings.amqp),
+        posts_count_queue,
         shutdown,
         move |batch| posts_count::apply_batch(consumer_pool.clone(), batch),
     ));
