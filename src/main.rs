@@ -12,8 +12,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::future::try_join_all;
 use instaclone_gateway::{GatewaySettings, routes::Upstream};
 use instaclone_shared::{
+    amqp::QueueSpec,
     auth::{generate_internal_token, generate_key_pair},
-    config::{Secret, Settings},
+    config::{AmqpSettings, Secret, Settings},
+    dead_letters,
     server::{ServiceApp, shutdown_on_signal},
     telemetry,
 };
@@ -44,10 +46,31 @@ enum Command {
         #[arg(long)]
         since: chrono::DateTime<chrono::Utc>,
     },
+    /// Inspect or redrive dead letters: the messages a consumer could never handle.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Write a fresh Ed25519 key pair for access tokens to DIR/jwt_private.pem and DIR/jwt_public.pem.
     Keygen {
         #[arg(long, default_value = "keys")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Count each dead-letter queue's messages and describe the oldest few (JSON); removes nothing.
+    List {
+        /// Only this work queue (its name with or without `AMQP_QUEUE_PREFIX`, e.g. `notifications`).
+        #[arg(long)]
+        queue: Option<String>,
+    },
+    /// Move dead letters back to their work queues to be handled again. Idempotent: consumers
+    /// drop what they have already handled, and an empty dead-letter queue moves nothing.
+    Redrive {
+        #[arg(long)]
+        queue: Option<String>,
     },
 }
 
@@ -98,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Keygen { out } => keygen(&out),
         Command::Replay { since } => replay(since).await,
+        Command::Dlq { action } => dead_letters(action).await,
         Command::Run => {
             let mut parts = if cli.only.is_empty() {
                 ALL_PARTS.to_vec()
@@ -141,6 +165,69 @@ async fn replay(since: chrono::DateTime<chrono::Utc>) -> anyhow::Result<()> {
     std::io::Write::write_all(
         &mut stdout,
         serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    std::io::Write::write_all(&mut stdout, b"\n")?;
+    Ok(())
+}
+
+/// Every work queue of the platform.
+fn work_queues(amqp: &AmqpSettings) -> Vec<QueueSpec> {
+    vec![
+        instaclone_users::posts_count::queue_spec(amqp),
+        instaclone_posts::events::queue_spec(amqp),
+        instaclone_notifications::events::queue_spec(amqp),
+        instaclone_realtime_hub::consumer::queue_spec(amqp),
+        instaclone_gateway::feed_cache_queue(amqp),
+    ]
+}
+
+/// The work queues `name` selects (all when `None`), or an error naming the valid ones.
+fn select_queues(amqp: &AmqpSettings, name: Option<&str>) -> anyhow::Result<Vec<QueueSpec>> {
+    let all = work_queues(amqp);
+    let Some(name) = name else {
+        return Ok(all);
+    };
+    let chosen: Vec<QueueSpec> = all
+        .iter()
+        .filter(|spec| spec.name == name || spec.name == amqp.queue(name))
+        .cloned()
+        .collect();
+    if chosen.is_empty() {
+        let names: Vec<&str> = all.iter().map(|spec| spec.name.as_str()).collect();
+        anyhow::bail!(
+            "no work queue `{name}`; the queues are: {}",
+            names.join(", ")
+        );
+    }
+    Ok(chosen)
+}
+
+async fn dead_letters(action: DlqAction) -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    telemetry::init(settings.log_format);
+    let output = match action {
+        DlqAction::List { queue } => {
+            let specs = select_queues(&settings.amqp, queue.as_deref())?;
+            let report = dead_letters::list(&settings.amqp, &specs)
+                .await
+                .context("RabbitMQ")?;
+            serde_json::to_value(report)?
+        }
+        DlqAction::Redrive { queue } => {
+            let mut moved = serde_json::Map::new();
+            for spec in select_queues(&settings.amqp, queue.as_deref())? {
+                let count = dead_letters::redrive(&settings.amqp, &spec)
+                    .await
+                    .context("RabbitMQ")?;
+                moved.insert(spec.name, count.into());
+            }
+            serde_json::json!({ "redriven": moved })
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    std::io::Write::write_all(
+        &mut stdout,
+        serde_json::to_string_pretty(&output)?.as_bytes(),
     )?;
     std::io::Write::write_all(&mut stdout, b"\n")?;
     Ok(())

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod clients;
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod events;
 pub mod follow_cache;
 pub mod health;

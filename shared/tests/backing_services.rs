@@ -569,3 +569,93 @@ async fn a_follow_set_loaded_before_a_change_is_not_cached_after_it() {
     assert!(cache.store(loner, &generation, &[]).await.unwrap());
     assert_eq!(cache.followed(loner).await.unwrap(), Some(Vec::new()));
 }
+
+#[tokio::test]
+async fn dead_letters_are_listed_without_removal_and_redriven_once_to_their_own_queue() {
+    use instaclone_shared::dead_letters;
+
+    let env = TestEnv::new();
+    let spec = QueueSpec {
+        name: env.settings.amqp.queue("redrive"),
+        routing_keys: vec![event_type::USER_UNFOLLOWED.to_owned()],
+        delivery_limit: 3,
+    };
+    let (_connection, channel) = env.amqp_channel().await;
+    declare_work_queue(&channel, &env.settings.amqp, &spec)
+        .await
+        .unwrap();
+    // One event the consumer rejects (dead-lettered with its reason), one undecodable message.
+    let rejected = unfollowed();
+    let rejected_id = rejected.id;
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn(run_consumer(
+        env.settings.amqp.clone(),
+        spec.clone(),
+        shutdown.clone(),
+        |_batch: Batch| async { Err::<Vec<_>, _>(HandlerError::Permanent("no such user".into())) },
+    ));
+    EventPublisher::new(env.settings.amqp.clone())
+        .publish(&rejected)
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "",
+            &spec.name,
+            Default::default(),
+            b"not an event",
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let listed = dead_letters::list(&env.settings.amqp, std::slice::from_ref(&spec))
+            .await
+            .unwrap();
+        if listed[0].messages == 2 || tokio::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    shutdown.cancel();
+    consumer.await.unwrap();
+    assert_eq!(listed[0].messages, 2, "{listed:?}");
+    let described = listed[0]
+        .sample
+        .iter()
+        .find(|letter| letter.event_ids == [rejected_id.to_string()])
+        .expect("the rejected event is described");
+    assert_eq!(
+        described.event_type.as_deref(),
+        Some(event_type::USER_UNFOLLOWED)
+    );
+    assert!(
+        listed[0]
+            .sample
+            .iter()
+            .any(|letter| letter.event_ids.is_empty()),
+        "the undecodable message is listed too"
+    );
+    // Listing removed nothing.
+    let again = dead_letters::list(&env.settings.amqp, std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    assert_eq!(again[0].messages, 2);
+
+    assert_eq!(
+        dead_letters::redrive(&env.settings.amqp, &spec)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        dead_letters::redrive(&env.settings.amqp, &spec)
+            .await
+            .unwrap(),
+        0
+    );
+    let back = drain(&channel, &spec.name).await;
+    assert_eq!(back.len(), 2, "both are back in the work queue");
+    assert!(drain(&channel, &spec.dead_letter_queue()).await.is_empty());
+}
