@@ -20,10 +20,11 @@ async fn follows_succeed_while_rabbitmq_is_down_and_their_events_go_out_after() 
         .observer_queue(&channel, &["user.followed", "user.unfollowed"])
         .await;
 
-    // The service reaches RabbitMQ only through the proxy, which is cut.
+    // The service reaches RabbitMQ only through the proxy, cut once it has started (it declares
+    // its queue before serving, so it starts only with the broker up).
     let (proxy, through_proxy) = TcpProxy::for_rabbitmq(&env.settings).await;
-    proxy.cut();
     let app = spawn_app_with(env, |settings| settings.amqp.url = through_proxy).await;
+    proxy.cut();
     let (ada, ada_token) = app.user("ada").await;
     let (grace, grace_token) = app.user("grace").await;
 
