@@ -39,6 +39,7 @@ use instaclone_shared::{
     health::Dependency,
     http::{ApiError, ApiQuery, Envelope},
     server::{ServiceApp, StartupError, service_router},
+    unreachable::Unreachable,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -83,6 +84,9 @@ impl From<HubError> for ApiError {
             HubError::NotAnUpgrade(message, status) => ApiError::new(status, message),
             HubError::ShuttingDown => {
                 ApiError::service_unavailable("This replica is shutting down; connect to another")
+            }
+            HubError::Redis(error) if error.is_unreachable() => {
+                ApiError::unavailable("Redis", error)
             }
             HubError::Redis(error) => ApiError::internal(error),
         }

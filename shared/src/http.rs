@@ -8,7 +8,7 @@
 use axum::{
     Json, Router,
     extract::{FromRequest, FromRequestParts, Request, rejection::JsonRejection},
-    http::{HeaderName, StatusCode, request::Parts},
+    http::{HeaderName, HeaderValue, StatusCode, header::RETRY_AFTER, request::Parts},
     response::{IntoResponse, Response},
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -21,11 +21,17 @@ use tower_http::{
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
+/// What a 503 tells the client to wait (`Retry-After`, seconds) before trying again: about as
+/// long as a dropped connection to a backing store takes to be re-established.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
 /// An error as the client sees it.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Sent as `Retry-After` (seconds).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -33,7 +39,14 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Adds `Retry-After: secs` to the response.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -56,8 +69,18 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, message)
     }
 
+    /// 503 with `Retry-After`: the failure is temporary and the request may be repeated as is.
     pub fn service_unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+            .with_retry_after(UNAVAILABLE_RETRY_AFTER_SECS)
+    }
+
+    /// A backing store (`store`: "PostgreSQL", "MongoDB", "Redis") could not be reached (see
+    /// [`crate::unreachable`]): `cause` is logged, the client gets a 503 with `Retry-After` that
+    /// names no internals. Nothing was written, so repeating the request is safe.
+    pub fn unavailable(store: &'static str, cause: impl std::fmt::Display) -> Self {
+        tracing::warn!(%store, error = %cause, "backing store unreachable");
+        Self::service_unavailable("Service temporarily unavailable, try again later")
     }
 
     /// A server-side failure: `cause` is logged with the request's span, the client only learns
@@ -84,7 +107,13 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        error_response(self.status, &self.message)
+        let mut response = error_response(self.status, &self.message);
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -357,6 +386,17 @@ mod tests {
             .insert("x-request-id", "abc-123".parse().unwrap());
         let (_, _, response) = send(request).await;
         assert_eq!(response.headers()["x-request-id"], "abc-123");
+    }
+
+    #[test]
+    fn unavailable_is_a_503_with_retry_after_naming_no_internals() {
+        let response = ApiError::unavailable("MongoDB", "connection refused (127.0.0.1:27017)")
+            .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers()[RETRY_AFTER],
+            UNAVAILABLE_RETRY_AFTER_SECS.to_string()
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod unreachable;
 
 /// Every Instaclone binary allocates with mimalloc: the platform's hot paths (HTTP, JSON, BSON,
 /// AMQP frames) make many small, short-lived allocations from several threads, which glibc's

@@ -371,6 +371,12 @@ impl TcpProxy {
         Self::in_front_of(settings.redis.url.expose(), 6379).await
     }
 
+    /// A proxy in front of this environment's PostgreSQL; returns it and the users database's URL
+    /// through it.
+    pub async fn for_postgres(settings: &Settings) -> (Self, Secret<String>) {
+        Self::in_front_of(settings.postgres.users_url.expose(), 5432).await
+    }
+
     /// A proxy in front of this environment's MongoDB-protocol server; returns it and the URL
     /// through it (a direct connection, so the driver does not discover the server behind it).
     pub async fn for_mongo(settings: &Settings) -> (Self, Secret<String>) {
@@ -476,4 +482,43 @@ mod proxy_tests {
         );
         assert_eq!(host_port("amqp://rabbit/%2f", 5672), "rabbit:5672");
     }
+}
+
+/// Asserts `response` is what a part answers while its own store is unreachable: 503 in the error
+/// envelope with `Retry-After`, and a message that names no internals. `what` names the request.
+pub async fn assert_unavailable(response: reqwest::Response, what: &str) {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .cloned();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    assert_eq!(
+        status,
+        reqwest::StatusCode::SERVICE_UNAVAILABLE,
+        "{what}: {body}"
+    );
+    assert_eq!(body["statusCode"], 503, "{what}: {body}");
+    assert_eq!(body["error"], "Service Unavailable", "{what}: {body}");
+    let message = body["message"].as_str().unwrap_or_default().to_lowercase();
+    for internal in [
+        "redis",
+        "mongo",
+        "postgres",
+        "sqlx",
+        "127.0.0.1",
+        "connection",
+    ] {
+        assert!(
+            !message.contains(internal),
+            "{what}: message names {internal}: {body}"
+        );
+    }
+    let seconds: u64 = retry_after
+        .unwrap_or_else(|| panic!("{what}: 503 without Retry-After"))
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: Retry-After is not a number of seconds"));
+    assert!(seconds > 0, "{what}: Retry-After 0");
 }

@@ -1,10 +1,11 @@
 //! A replica whose Redis link drops while its clients stay connected: notifications published
-//! meanwhile (by the other replica) reach those clients once the link is back, exactly once.
+//! meanwhile (by the other replica) reach those clients once the link is back, exactly once;
+//! meanwhile the replica refuses to issue tickets with a 503, not a 500.
 
 use instaclone_realtime_hub::store::{Append, Store};
 use instaclone_shared::{
     events::NotificationView,
-    testing::{TcpProxy, TestEnv},
+    testing::{TcpProxy, TestEnv, assert_unavailable},
 };
 use uuid::Uuid;
 
@@ -50,6 +51,14 @@ async fn notifications_missed_during_a_pubsub_outage_are_caught_up() {
     let missed: Vec<_> = (0..3).map(|_| notification(user)).collect();
     append_directly(&env, &missed).await;
     wait_for_stream_length(&env, user, 4).await;
+    // Meanwhile A cannot issue tickets: a 503 with Retry-After, not a 500.
+    let ticket = reqwest::Client::new()
+        .post(replica_a.http("/realtime/ticket"))
+        .bearer_auth(env.access_token(user))
+        .send()
+        .await
+        .unwrap();
+    assert_unavailable(ticket, "POST /realtime/ticket with Redis cut off").await;
     proxy.restore().await;
 
     for item in &missed {

@@ -1,17 +1,19 @@
 //! Everything that can go wrong in the auth service, and what the client sees of it.
 //!
-//! Client mistakes map to 400/401/409/429 with a message that says what to fix. Failures on our
-//! side (Redis, signing, hashing) become a 500 whose cause is logged, never sent; a users
-//! service that does not answer is a 503, since retrying later may help.
+//! Client mistakes map to 400/401/409/429 with a message that says what to fix. A session store
+//! (Redis) or users service that does not answer is a 503 with `Retry-After`, since retrying later
+//! helps; other failures on our side (signing, hashing) become a 500 whose cause is logged, never
+//! sent.
 
 use axum::{
-    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use instaclone_shared::{
     auth::{KeyError, TokenError},
     clients::ClientError,
     http::ApiError,
+    unreachable::Unreachable,
 };
 
 use crate::password::HashError;
@@ -67,10 +69,11 @@ impl From<AuthError> for ApiError {
         match error {
             AuthError::Invalid(message) => ApiError::bad_request(message),
             AuthError::InvalidCredentials => ApiError::unauthorized(INVALID_CREDENTIALS),
-            AuthError::RateLimited { .. } => ApiError::new(
+            AuthError::RateLimited { retry_after_secs } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many failed login attempts, try again later",
-            ),
+            )
+            .with_retry_after(retry_after_secs),
             AuthError::MissingToken => ApiError::unauthorized("Missing bearer token"),
             AuthError::Token(error) => error.into(),
             AuthError::SessionEnded => {
@@ -84,6 +87,9 @@ impl From<AuthError> for ApiError {
                 tracing::warn!(%cause, "users service unavailable");
                 ApiError::service_unavailable("Users service is unavailable, try again later")
             }
+            AuthError::Redis(cause) if cause.is_unreachable() => {
+                ApiError::unavailable("Redis", cause)
+            }
             internal @ (AuthError::Redis(_) | AuthError::Hashing(_) | AuthError::Signing(_)) => {
                 ApiError::internal(internal)
             }
@@ -93,17 +99,7 @@ impl From<AuthError> for ApiError {
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
-        let retry_after = match &self {
-            AuthError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            _ => None,
-        };
-        let mut response = ApiError::from(self).into_response();
-        if let Some(secs) = retry_after {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
+        ApiError::from(self).into_response()
     }
 }
 
@@ -118,7 +114,7 @@ mod tests {
         }
         .into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(response.headers()[RETRY_AFTER], "42");
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "42");
     }
 
     #[test]

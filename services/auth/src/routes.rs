@@ -110,6 +110,7 @@ async fn register(
     };
 
     let password_hash = state.passwords.hash(password.into_secret()).await?;
+    state.sessions.ensure_reachable().await?;
     let user = state
         .users
         .create_user(&NewUser {

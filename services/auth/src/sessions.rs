@@ -184,6 +184,14 @@ impl SessionStore {
         Ok(deleted == 1)
     }
 
+    /// Fails when the store cannot be reached: asked before an account is created, so that an
+    /// outage already under way refuses the registration whole (503) instead of leaving an
+    /// account without a session, which a repeated registration would find taken.
+    pub async fn ensure_reachable(&self) -> Result<(), redis::RedisError> {
+        let mut redis = self.redis.clone();
+        redis::cmd("PING").query_async(&mut redis).await
+    }
+
     /// Whether session `sid` exists (for tests and diagnostics).
     pub async fn exists(&self, sid: Uuid) -> Result<bool, redis::RedisError> {
         let mut redis = self.redis.clone();

@@ -100,8 +100,9 @@ impl From<GatewayError> for ApiError {
         match error {
             GatewayError::MissingToken => ApiError::unauthorized("Missing bearer token"),
             GatewayError::Token(token) => token.into(),
-            GatewayError::RateLimited { .. } => {
+            GatewayError::RateLimited { retry_after } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "Too many requests")
+                    .with_retry_after(retry_after.as_secs().max(1))
             }
             GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamFailed(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, capitalise(&message))
@@ -119,17 +120,7 @@ impl From<GatewayError> for ApiError {
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        let retry_after = match &self {
-            GatewayError::RateLimited { retry_after } => Some(retry_after.as_secs().max(1)),
-            _ => None,
-        };
-        let mut response = ApiError::from(self).into_response();
-        if let Some(seconds) = retry_after {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
+        ApiError::from(self).into_response()
     }
 }
 

@@ -1,8 +1,9 @@
 //! The service's one error type and how each case reaches a client: bad input is a 400 that says
 //! what is wrong, a notification that is not the caller's is a 404 (indistinguishable from one
-//! that does not exist), and anything on the server side is a 500 whose cause is only logged.
+//! that does not exist), an unreachable MongoDB is a 503 with `Retry-After`, and anything else on
+//! the server side is a 500 whose cause is only logged.
 
-use instaclone_shared::http::ApiError;
+use instaclone_shared::{http::ApiError, unreachable::Unreachable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotificationsError {
@@ -22,6 +23,9 @@ impl From<NotificationsError> for ApiError {
         match error {
             NotificationsError::InvalidInput(message) => ApiError::bad_request(message),
             NotificationsError::NotFound => ApiError::not_found("Notification not found"),
+            NotificationsError::Database(cause) if cause.is_unreachable() => {
+                ApiError::unavailable("MongoDB", cause)
+            }
             NotificationsError::Database(_) | NotificationsError::Corrupt(_) => {
                 ApiError::internal(error)
             }

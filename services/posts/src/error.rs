@@ -1,9 +1,11 @@
 //! The posts service's errors and how each one looks to a client.
 //!
-//! Client mistakes become 4xx with a message saying what is wrong; failures of MongoDB or of the
-//! users service (or Redis, where the feed cannot fall back) become 5xx whose cause is logged and never shown.
+//! Client mistakes become 4xx with a message saying what is wrong. MongoDB, Redis (where the feed
+//! cannot fall back) or the users service out of reach is a 503 with `Retry-After`: a post and
+//! its outbox entry are one write, so a refused write left nothing behind. Other failures are a
+//! 500 whose cause is logged and never shown.
 
-use instaclone_shared::{clients::ClientError, http::ApiError};
+use instaclone_shared::{clients::ClientError, http::ApiError, unreachable::Unreachable};
 
 use crate::domain::ValidationError;
 
@@ -47,6 +49,12 @@ impl From<PostsError> for ApiError {
             PostsError::FollowGraph(ClientError::Unavailable { .. }) => {
                 tracing::error!(%error, "cannot read the follow graph");
                 ApiError::service_unavailable("The feed is temporarily unavailable")
+            }
+            PostsError::Store(StoreError::Mongo(cause)) if cause.is_unreachable() => {
+                ApiError::unavailable("MongoDB", cause)
+            }
+            PostsError::Timeline(cause) if cause.is_unreachable() => {
+                ApiError::unavailable("Redis", cause)
             }
             PostsError::Store(_) | PostsError::FollowGraph(_) | PostsError::Timeline(_) => {
                 ApiError::internal(error)

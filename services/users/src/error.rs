@@ -1,9 +1,10 @@
 //! The users service's one error type and how each case reaches the client.
 //!
-//! Domain failures become 4xx with a message saying what is wrong; database and serialisation
-//! failures become an opaque 500 whose cause is only logged.
+//! Domain failures become 4xx with a message saying what is wrong; an unreachable database is a
+//! 503 with `Retry-After` (the transaction never committed, so repeating is safe); other database
+//! and serialisation failures become an opaque 500 whose cause is only logged.
 
-use instaclone_shared::{events::EventError, http::ApiError};
+use instaclone_shared::{events::EventError, http::ApiError, unreachable::Unreachable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
@@ -44,6 +45,9 @@ impl From<UsersError> for ApiError {
             }
             UsersError::EmailTaken | UsersError::UsernameTaken | UsersError::AlreadyFollowing => {
                 ApiError::conflict(error.to_string())
+            }
+            UsersError::Database(cause) if cause.is_unreachable() => {
+                ApiError::unavailable("PostgreSQL", cause)
             }
             UsersError::Database(_) | UsersError::Event(_) => ApiError::internal(error),
         }

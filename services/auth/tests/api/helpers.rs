@@ -7,6 +7,7 @@ use instaclone_auth::{
 };
 use instaclone_shared::{
     auth::{Claims, TokenKind, TokenVerifier},
+    config::Settings,
     testing::TestEnv,
 };
 use reqwest::{StatusCode, header::HeaderMap};
@@ -68,6 +69,15 @@ pub fn limits(account: u32, address: u32, window: Duration) -> LoginLimits {
 }
 
 pub async fn spawn_app_with(options: AuthOptions) -> TestApp {
+    spawn_app_adjusted(options, |_| {}).await
+}
+
+/// The auth service with `options`, on settings changed by `adjust` (the users service beside it
+/// keeps the unchanged ones).
+pub async fn spawn_app_adjusted(
+    options: AuthOptions,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut env = TestEnv::new();
     let shutdown = CancellationToken::new();
     let users = instaclone_users::build(&env.settings, shutdown.clone())
@@ -75,7 +85,9 @@ pub async fn spawn_app_with(options: AuthOptions) -> TestApp {
         .expect("users service failed to build");
     env.settings.services.users = format!("http://127.0.0.1:{}", users.port());
     tokio::spawn(users.run_until_stopped());
-    let auth = instaclone_auth::build_with_options(&env.settings, options, shutdown.clone())
+    let mut settings = env.settings.clone();
+    adjust(&mut settings);
+    let auth = instaclone_auth::build_with_options(&settings, options, shutdown.clone())
         .await
         .expect("auth service failed to build");
     let address = format!("http://127.0.0.1:{}", auth.port());

@@ -4,6 +4,7 @@
 
 mod helpers;
 mod login;
+mod outage;
 mod rate_limit;
 mod register;
 mod sessions;

@@ -2,5 +2,6 @@
 
 mod events;
 mod helpers;
+mod outage;
 mod replay;
 mod rest;

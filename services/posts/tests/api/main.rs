@@ -3,6 +3,7 @@
 
 mod feed;
 mod helpers;
+mod outage;
 mod outbox;
 mod pagination;
 mod posts;

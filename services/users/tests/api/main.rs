@@ -4,6 +4,7 @@
 mod follows;
 mod helpers;
 mod internal;
+mod outage;
 mod outbox;
 mod posts_count;
 mod profiles;
