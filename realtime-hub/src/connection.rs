@@ -20,7 +20,10 @@ use futures_util::{
     SinkExt, StreamExt,
     stream::{SplitSink, SplitStream},
 };
-use instaclone_shared::auth::{TokenKind, TokenVerifier};
+use instaclone_shared::{
+    auth::{TokenKind, TokenVerifier},
+    backoff::Backoff,
+};
 use serde::Deserialize;
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -444,14 +447,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = redis::RedisResult<T>>,
 {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
     for _ in 0..REPLAY_RETRIES {
         match attempt().await {
             Ok(value) => return Ok(value),
-            Err(_) => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
+            Err(_) => tokio::time::sleep(backoff.next_delay()).await,
         }
     }
     attempt().await

@@ -29,6 +29,7 @@ use std::{
 
 use dashmap::{DashMap, mapref::entry::Entry};
 use futures_util::StreamExt;
+use instaclone_shared::backoff::Backoff;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -317,7 +318,7 @@ async fn link(
     channel: &str,
     shutdown: &CancellationToken,
 ) -> Option<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
         let pubsub = tokio::select! {
             () = shutdown.cancelled() => return None,
@@ -333,12 +334,10 @@ async fn link(
         match linked {
             Ok(link) => return Some(link),
             Err(error) => {
-                tracing::warn!(%error, retry_in = ?delay, "Redis pub/sub unavailable");
-                tokio::select! {
-                    () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(delay) => {}
+                tracing::warn!(%error, "Redis pub/sub unavailable");
+                if !backoff.wait(shutdown).await {
+                    return None;
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -446,12 +446,8 @@ pub async fn run_consumer<H, Fut>(
         match consumer.consume_once(&settings).await {
             Ok(()) => backoff.reset(),
             Err(error) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(queue = %consumer.spec.name, %error, retry_in = ?delay, "consumer lost RabbitMQ; reconnecting");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = consumer.shutdown.cancelled() => {}
-                }
+                tracing::warn!(queue = %consumer.spec.name, %error, "consumer lost RabbitMQ; reconnecting");
+                backoff.wait(&consumer.shutdown).await;
             }
         }
     }

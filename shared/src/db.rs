@@ -12,7 +12,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::config::Secret;
+use crate::{backoff::Backoff, config::Secret};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -53,7 +53,7 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let started = tokio::time::Instant::now();
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         // Bound each attempt too: some clients retry internally for a long time.
         let remaining = max_wait
@@ -65,10 +65,10 @@ where
         };
         match outcome {
             Ok(value) => return Ok(value),
-            Err(error) if started.elapsed() + delay <= max_wait => {
+            Err(error) if started.elapsed() < max_wait => {
+                let delay = backoff.next_delay().min(max_wait - started.elapsed());
                 tracing::warn!(%server, %address, %error, retry_in = ?delay, "waiting for {server}");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(error) => {
                 return Err(ConnectError::GaveUp {
