@@ -6,13 +6,30 @@ use std::process::{Child, Command};
 
 use instaclone_shared::testing::TestEnv;
 
-/// A port nothing listens on right now.
+pub mod platform;
+
+/// A port nothing listens on right now, for a child process to bind.
+///
+/// Taken below the kernel's ephemeral range (32768+) and from a counter, never twice in one test
+/// process: a port the kernel handed out and took back could be handed out again at once to
+/// anything that binds port 0 (a [`TcpProxy`](instaclone_shared::testing::TcpProxy), another
+/// test's listener) before the child binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 100) as u16 * 100,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_768, "ran out of test ports");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A child process killed when the test ends, however it ends.
