@@ -35,7 +35,10 @@ fn only_the_gateway_and_the_hub_are_published() {
 #[test]
 fn every_secret_is_required_and_none_has_a_default() {
     let (text, _) = compose();
-    assert!(!text.contains("guest:guest"), "RabbitMQ's default account is used");
+    assert!(
+        !text.contains("guest:guest"),
+        "RabbitMQ's default account is used"
+    );
     for secret in [
         "INTERNAL_TOKEN",
         "POSTGRES_PASSWORD",

@@ -6,6 +6,7 @@
 pub mod amqp;
 pub mod auth;
 pub mod backoff;
+pub mod client_address;
 pub mod clients;
 pub mod config;
 pub mod db;

@@ -5,12 +5,11 @@
 //! - A login opens a session (one per device) with a short-lived access JWT and a rotating
 //!   refresh token; reuse of a spent refresh token revokes the session ([`sessions`]).
 //! - Failed logins are limited per account and per client address ([`rate_limit`],
-//!   [`client_address`]).
+//!   [`instaclone_shared::client_address`]).
 //!
 //! A library (`build` returns a bound [`ServiceApp`]) with a thin `main.rs`, so the all-in-one
 //! binary and the tests start it in-process. `docs/auth.md` describes the design and its figures.
 
-pub mod client_address;
 pub mod domain;
 pub mod error;
 pub mod options;
@@ -23,6 +22,7 @@ use std::sync::Arc;
 
 use instaclone_shared::{
     auth::{TokenIssuer, TokenVerifier},
+    client_address::ClientAddressPolicy,
     clients::UsersClient,
     config::Settings,
     db,
@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::options::AuthOptions;
 use crate::{
-    client_address::ClientAddressPolicy, password::PasswordHasherPool,
-    rate_limit::LoginRateLimiter, routes::AuthState, sessions::SessionStore,
+    password::PasswordHasherPool, rate_limit::LoginRateLimiter, routes::AuthState,
+    sessions::SessionStore,
 };
 
 pub const SERVICE_NAME: &str = "auth";

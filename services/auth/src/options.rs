@@ -12,8 +12,10 @@
 
 use std::{fmt, str::FromStr, time::Duration};
 
+use instaclone_shared::client_address::ClientAddressPolicy;
+use ipnet::IpNet;
+
 use crate::{
-    client_address::{ClientAddressPolicy, IpNetwork},
     password::Argon2Params,
     rate_limit::{Limit, LoginLimits},
 };
@@ -23,7 +25,7 @@ pub struct AuthOptions {
     pub argon2: Argon2Params,
     pub max_concurrent_hashes: usize,
     pub login_limits: LoginLimits,
-    pub trusted_proxies: Vec<IpNetwork>,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for AuthOptions {
@@ -40,11 +42,8 @@ impl Default for AuthOptions {
 /// Loopback: the gateway of the all-in-one binary (and of a single-host deployment) connects
 /// from there, and appends the real client to `X-Forwarded-For`. Only a process on this host can
 /// be a loopback peer, so no remote client can use this to pick its own address.
-fn default_trusted_proxies() -> Vec<IpNetwork> {
-    ["127.0.0.0/8", "::1"]
-        .into_iter()
-        .filter_map(|network| IpNetwork::parse(network).ok())
-        .collect()
+fn default_trusted_proxies() -> Vec<IpNet> {
+    ClientAddressPolicy::parse_list("127.0.0.0/8, ::1").unwrap_or_default()
 }
 
 fn default_concurrent_hashes() -> usize {
@@ -138,7 +137,8 @@ mod tests {
         let o = options(&[]).unwrap();
         assert_eq!(o.login_limits, LoginLimits::default());
         assert_eq!(o.trusted_proxies, default_trusted_proxies());
-        assert!(o.trusted_proxies[0].contains("127.0.0.1".parse().unwrap()));
+        let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(o.trusted_proxies[0].contains(&loopback));
         let none = options(&[("AUTH_TRUSTED_PROXIES", "none")]).unwrap();
         assert!(none.trusted_proxies.is_empty());
         assert_eq!(o.argon2, Argon2Params::OWASP);

@@ -28,12 +28,9 @@
 //! Redis) and `{prefix}auth:login:address:{ip or v6 /64}`, each expiring one window after its
 //! last attempt.
 
-use std::{
-    net::{IpAddr, Ipv6Addr},
-    time::Duration,
-};
+use std::{net::IpAddr, time::Duration};
 
-use instaclone_shared::config::RedisSettings;
+use instaclone_shared::{client_address::limit_key, config::RedisSettings};
 use redis::{Script, aio::ConnectionManager};
 use uuid::Uuid;
 
@@ -161,7 +158,7 @@ impl LoginRateLimiter {
             self.keys
                 .key(&format!("auth:login:account:{}", account_digest(email))),
             self.keys
-                .key(&format!("auth:login:address:{}", address_subject(address))),
+                .key(&format!("auth:login:address:{}", limit_key(address))),
         ];
         let id = Uuid::new_v4().simple().to_string();
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -215,21 +212,6 @@ fn account_digest(email: &Email) -> String {
         .collect()
 }
 
-/// The unit an address is limited by: the address itself for IPv4, its /64 for IPv6 (IPv4
-/// mapped into IPv6 counts as IPv4).
-fn address_subject(address: IpAddr) -> String {
-    match address {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,18 +222,6 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
         assert_eq!(retry_after_secs(Duration::from_secs(900)), 900);
-    }
-
-    #[test]
-    fn ipv6_clients_are_limited_per_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(address_subject(a), address_subject(b));
-        assert_ne!(address_subject(a), address_subject(c));
-        assert_eq!(address_subject(a), "2001:db8:1:2::/64");
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(address_subject(mapped), "192.0.2.7");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use axum::{
 };
 use instaclone_shared::{
     auth::{AuthUser, TokenIssuer, TokenKind, TokenVerifier, bearer_token},
+    client_address::ClientAddressPolicy,
     clients::{NewUser, UserRecord, UsersClient},
     http::{ApiJson, Envelope},
 };
@@ -20,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    client_address::ClientAddressPolicy,
     domain::{Email, LoginPassword, NewPassword, Username},
     error::AuthError,
     password::PasswordHasherPool,

@@ -9,6 +9,7 @@
 use std::{fmt, str::FromStr, time::Duration};
 
 use axum::http::{HeaderName, HeaderValue};
+use instaclone_shared::client_address::ClientAddressPolicy;
 
 /// Who may call the API from a browser (`CORS_ALLOWED_ORIGINS`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,10 +42,10 @@ pub struct GatewaySettings {
     pub anonymous_limit: RateLimit,
     /// Per user, on every route that needs an access token.
     pub user_limit: RateLimit,
-    /// Header a trusted proxy in front of the gateway sets to the client's address
-    /// (e.g. `x-real-ip`). Unset: the TCP peer address is the client address. Never set it when
-    /// clients reach the gateway directly, or they choose their own rate-limit bucket.
-    pub client_ip_header: Option<HeaderName>,
+    /// How the client address is found: the TCP peer, or behind one of `GATEWAY_TRUSTED_PROXIES`
+    /// the rightmost untrusted entry of `RATE_LIMIT_CLIENT_IP_HEADER` (`X-Forwarded-For` by
+    /// default). A header is never believed from a peer that is not a trusted proxy.
+    pub client_addresses: ClientAddressPolicy,
     /// How long a home-feed page stays cached per user; zero turns the cache off.
     pub feed_cache_ttl: Duration,
     /// Upstream connections kept idle per service, for reuse.
@@ -64,7 +65,7 @@ impl Default for GatewaySettings {
                 requests: 600,
                 window: minute,
             },
-            client_ip_header: None,
+            client_addresses: ClientAddressPolicy::default(),
             feed_cache_ttl: Duration::from_secs(10),
             pool_max_idle_per_service: 256,
         }
@@ -77,6 +78,37 @@ pub struct GatewayConfigError {
     name: &'static str,
     value: String,
     reason: String,
+}
+
+/// The proxies whose client-address header is believed, and that header's name. A header
+/// without proxies to trust it from is refused: it used to be believed from anyone.
+fn client_addresses(
+    proxies: Option<String>,
+    header: Option<String>,
+) -> Result<ClientAddressPolicy, GatewayConfigError> {
+    let invalid = |name: &'static str, value: &str, reason: String| GatewayConfigError {
+        name,
+        value: value.to_owned(),
+        reason,
+    };
+    let trusted = match &proxies {
+        None => Vec::new(),
+        Some(raw) => ClientAddressPolicy::parse_list(raw)
+            .map_err(|reason| invalid("GATEWAY_TRUSTED_PROXIES", raw, reason))?,
+    };
+    let policy = ClientAddressPolicy::new(trusted);
+    match header {
+        None => Ok(policy),
+        Some(raw) if !policy.trusts_any() => Err(invalid(
+            "RATE_LIMIT_CLIENT_IP_HEADER",
+            &raw,
+            "set GATEWAY_TRUSTED_PROXIES to the proxies that write it".to_owned(),
+        )),
+        Some(raw) => Ok(policy.with_header(parse::<HeaderName>(
+            "RATE_LIMIT_CLIENT_IP_HEADER",
+            raw.trim(),
+        )?)),
+    }
 }
 
 impl GatewaySettings {
@@ -109,9 +141,10 @@ impl GatewaySettings {
             },
             anonymous_limit: limit("RATE_LIMIT_ANONYMOUS", defaults.anonymous_limit)?,
             user_limit: limit("RATE_LIMIT_USER", defaults.user_limit)?,
-            client_ip_header: get("RATE_LIMIT_CLIENT_IP_HEADER")
-                .map(|v| parse::<HeaderName>("RATE_LIMIT_CLIENT_IP_HEADER", v.trim()))
-                .transpose()?,
+            client_addresses: client_addresses(
+                get("GATEWAY_TRUSTED_PROXIES"),
+                get("RATE_LIMIT_CLIENT_IP_HEADER"),
+            )?,
             feed_cache_ttl: match get("FEED_CACHE_TTL_SECS") {
                 None => defaults.feed_cache_ttl,
                 Some(v) => Duration::from_secs(parse("FEED_CACHE_TTL_SECS", &v)?),
@@ -183,7 +216,20 @@ mod tests {
         assert_eq!(s.anonymous_limit.requests, 60);
         assert_eq!(s.user_limit.requests, 600);
         assert_eq!(s.user_limit.window, Duration::from_secs(60));
-        assert!(s.client_ip_header.is_none());
+        assert!(!s.client_addresses.trusts_any());
+    }
+
+    #[test]
+    fn a_client_address_header_needs_proxies_to_trust() {
+        let err = settings(&[("RATE_LIMIT_CLIENT_IP_HEADER", "x-real-ip")]).unwrap_err();
+        assert!(err.to_string().contains("GATEWAY_TRUSTED_PROXIES"), "{err}");
+        let s = settings(&[
+            ("RATE_LIMIT_CLIENT_IP_HEADER", "x-real-ip"),
+            ("GATEWAY_TRUSTED_PROXIES", "10.0.0.0/8"),
+        ])
+        .unwrap();
+        assert!(s.client_addresses.trusts_any());
+        assert!(settings(&[("GATEWAY_TRUSTED_PROXIES", "lb.internal")]).is_err());
     }
 
     #[test]

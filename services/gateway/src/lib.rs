@@ -202,20 +202,12 @@ impl Gateway {
 
     /// The caller's address: the TCP peer, or what a trusted proxy in front says it is.
     fn client_ip(&self, request: &Request) -> Option<IpAddr> {
-        let from_proxy = self
-            .settings
-            .client_ip_header
-            .as_ref()
-            .and_then(|name| request.headers().get(name))
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(',').next())
-            .and_then(|value| value.trim().parse().ok());
-        from_proxy.or_else(|| {
-            request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(address)| address.ip())
-        })
+        let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
+        Some(
+            self.settings
+                .client_addresses
+                .client_address(*peer, request.headers()),
+        )
     }
 
     async fn spend_budget(

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use instaclone_shared::client_address::limit_key;
 use redis::{Script, aio::ConnectionManager};
 
 use crate::config::RateLimit;
@@ -72,7 +73,7 @@ impl RateLimiter {
         }
         let key = match subject {
             Subject::User(id) => format!("{}user:{id}", self.key_prefix),
-            Subject::Address(ip) => format!("{}ip:{ip}", self.key_prefix),
+            Subject::Address(ip) => format!("{}ip:{}", self.key_prefix, limit_key(*ip)),
         };
         let window_us = u64::try_from(limit.window.as_micros()).unwrap_or(u64::MAX / 2);
         let interval_us = (window_us / u64::from(limit.requests)).max(1);

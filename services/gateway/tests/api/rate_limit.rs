@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use instaclone_gateway::{GatewaySettings, config::RateLimit, routes::Upstream};
+use instaclone_shared::client_address::ClientAddressPolicy;
 use uuid::Uuid;
 
 use crate::helpers::{assert_error_envelope, json, spawn_app_with, test_settings};
@@ -143,13 +144,22 @@ async fn the_budget_refills_over_the_window() {
     assert_eq!(get_me().await.unwrap().status(), StatusCode::OK);
 }
 
+/// Behind a trusted proxy (the test client connects from loopback), the proxy's entry decides
+/// the bucket: the rightmost one, since everything to its left was written by the client.
+fn behind_a_proxy(header: Option<&str>) -> GatewaySettings {
+    let policy = ClientAddressPolicy::new(ClientAddressPolicy::parse_list("127.0.0.1").unwrap());
+    GatewaySettings {
+        client_addresses: match header {
+            Some(name) => policy.with_header(name.parse().unwrap()),
+            None => policy,
+        },
+        ..limited(1, 100)
+    }
+}
+
 #[tokio::test]
 async fn the_client_address_header_of_a_trusted_proxy_picks_the_bucket() {
-    let settings = GatewaySettings {
-        client_ip_header: Some("x-real-ip".parse().unwrap()),
-        ..limited(1, 100)
-    };
-    let app = spawn_app_with(settings, |_| {}).await;
+    let app = spawn_app_with(behind_a_proxy(Some("x-real-ip")), |_| {}).await;
     let login = |ip: &'static str| {
         app.client
             .post(app.url("/auth/login"))
@@ -162,4 +172,66 @@ async fn the_client_address_header_of_a_trusted_proxy_picks_the_bucket() {
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(login("203.0.113.2").await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_client_cannot_pick_its_bucket_by_writing_forwarded_for() {
+    // Without trusted proxies the header is ignored altogether: one peer, one bucket.
+    let direct = spawn_app_with(limited(1, 100), |_| {}).await;
+    let login = |app: &crate::helpers::TestApp, forwarded: String| {
+        app.client
+            .post(app.url("/auth/login"))
+            .header("x-forwarded-for", forwarded)
+            .send()
+    };
+    assert_eq!(
+        login(&direct, "198.51.100.1".into())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let second = login(&direct, "198.51.100.2".into()).await.unwrap();
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // Behind a proxy, forged entries to the left of the proxy's own change nothing.
+    let proxied = spawn_app_with(behind_a_proxy(None), |_| {}).await;
+    let first = login(&proxied, "10.9.9.1, 203.0.113.7".into())
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    for forged in 2..5 {
+        let response = login(&proxied, format!("10.9.9.{forged}, 203.0.113.7"))
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "forged entry {forged}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ipv6_clients_share_one_bucket_per_64() {
+    let app = spawn_app_with(behind_a_proxy(None), |_| {}).await;
+    let login = |ip: &'static str| {
+        app.client
+            .post(app.url("/auth/login"))
+            .header("x-forwarded-for", ip)
+            .send()
+    };
+    assert_eq!(
+        login("2001:db8:1:2::1").await.unwrap().status(),
+        StatusCode::OK
+    );
+    // Another address of the same /64 is the same client.
+    assert_eq!(
+        login("2001:db8:1:2:ffff:1:2:3").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        login("2001:db8:1:3::1").await.unwrap().status(),
+        StatusCode::OK
+    );
 }
