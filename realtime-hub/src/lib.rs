@@ -6,10 +6,14 @@
 //! to their connections ([`registry`]); a connection replays the stream from the client's last
 //! id before going live ([`connection`]), so reconnecting to any replica loses nothing.
 //!
+//! Each replica admits connections within caps per user and per client address, and throttles
+//! addresses whose handshakes keep failing ([`admission`]).
+//!
 //! A library (`build` returns a bound [`ServiceApp`]) with a thin `main.rs`, so the all-in-one
 //! binary and the tests start it in-process. The protocol is documented in
 //! `docs/realtime-hub.md`.
 
+pub mod admission;
 pub mod connection;
 pub mod consumer;
 pub mod protocol;
@@ -17,12 +21,12 @@ pub mod registry;
 pub mod store;
 pub mod telemetry;
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
     extract::{
-        FromRef, State,
+        ConnectInfo, FromRef, State,
         ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
     http::{HeaderMap, StatusCode},
@@ -34,6 +38,7 @@ use futures_util::StreamExt;
 use instaclone_shared::{
     amqp,
     auth::{AuthUser, TokenKind, TokenVerifier, bearer_token},
+    client_address::ClientAddressPolicy,
     config::Settings,
     db::{self, redact_url},
     health::Dependency,
@@ -46,6 +51,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
 use crate::{
+    admission::{Admission, Refusal, Slot},
     connection::{ConnectionContext, Resume, Subscriber},
     protocol::{InvalidStreamId, StreamId},
     registry::Registry,
@@ -72,6 +78,8 @@ pub enum HubError {
     NotAnUpgrade(String, StatusCode),
     #[error("this replica is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
 }
@@ -84,6 +92,12 @@ impl From<HubError> for ApiError {
             HubError::NotAnUpgrade(message, status) => ApiError::new(status, message),
             HubError::ShuttingDown => {
                 ApiError::service_unavailable("This replica is shutting down; connect to another")
+            }
+            HubError::Refused(refusal) => {
+                ::metrics::counter!("hub_connections_refused_total", "reason" => refusal.kind())
+                    .increment(1);
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, refusal.to_string())
+                    .with_retry_after(refusal.retry_after().as_secs().max(1))
             }
             HubError::Redis(error) if error.is_unreachable() => {
                 ApiError::unavailable("Redis", error)
@@ -107,6 +121,8 @@ pub struct HubState {
 struct HubInner {
     verifier: TokenVerifier,
     store: Store,
+    admission: Admission,
+    addresses: ClientAddressPolicy,
     connections: ConnectionContext,
     ticket_ttl: Duration,
     tracker: TaskTracker,
@@ -140,10 +156,13 @@ pub async fn build(
     );
     let (registry, pubsub_commands) = Registry::new(store.clone());
     let tracker = TaskTracker::new();
+    let admission = Admission::new(&settings.hub);
     let state = HubState {
         inner: Arc::new(HubInner {
             verifier: verifier.clone(),
             store: store.clone(),
+            admission: admission.clone(),
+            addresses: ClientAddressPolicy::new(settings.hub.trusted_proxies.clone()),
             connections: ConnectionContext {
                 registry: registry.clone(),
                 store: store.clone(),
@@ -200,6 +219,7 @@ pub async fn build(
             async move { consumer::handle_batch(&store, batch).await }
         },
     ));
+    app.spawn_task(forget_old_failures(admission, shutdown.clone()));
     // Shutdown drain: every connection says goodbye (close 1001 / `event: reconnect`) and ends;
     // the app stops once they all have (or the server's drain timeout passes).
     app.spawn_task(async move {
@@ -208,6 +228,17 @@ pub async fn build(
         tracker.wait().await;
     });
     Ok(app)
+}
+
+/// Keeps the failed-handshake table to recent offenders.
+async fn forget_old_failures(admission: Admission, shutdown: CancellationToken) {
+    let mut every_minute = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every_minute.tick() => admission.forget_old_failures(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -254,6 +285,28 @@ struct ConnectQuery {
 }
 
 impl HubState {
+    /// Who connects, holding a connection slot: refused (429) while the client's address is
+    /// throttled for failed handshakes or a cap is full, 401 on bad credentials (counted
+    /// against the address).
+    async fn admit(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        ticket: Option<&str>,
+    ) -> Result<(Subscriber, Slot), HubError> {
+        let address = self.inner.addresses.client_address(peer, headers);
+        self.inner.admission.check_failures(address)?;
+        let subscriber = match self.authenticate(headers, ticket).await {
+            Err(error @ HubError::Unauthorized(_)) => {
+                self.inner.admission.record_failure(address);
+                return Err(error);
+            }
+            other => other?,
+        };
+        let slot = self.inner.admission.admit(subscriber.user, address)?;
+        Ok((subscriber, slot))
+    }
+
     /// Authenticates by ticket (consumed) or bearer token; 401 otherwise.
     async fn authenticate(
         &self,
@@ -331,15 +384,17 @@ fn requested_id(candidates: &[Option<&str>]) -> Result<Option<StreamId>, HubErro
 #[tracing::instrument(skip_all)]
 async fn websocket(
     State(hub): State<HubState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiQuery(query): ApiQuery<ConnectQuery>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, HubError> {
     hub.refuse_when_stopping()?;
-    let requested = requested_id(&[query.last_event_id.as_deref(), query.since.as_deref()])?;
-    let subscriber = hub.authenticate(&headers, query.ticket.as_deref()).await?;
+    // Before the credentials: a request that cannot become a WebSocket must not use up a ticket.
     let upgrade = upgrade
         .map_err(|rejection| HubError::NotAnUpgrade(rejection.body_text(), rejection.status()))?;
+    let requested = requested_id(&[query.last_event_id.as_deref(), query.since.as_deref()])?;
+    let (subscriber, slot) = hub.admit(peer, &headers, query.ticket.as_deref()).await?;
     let resume = hub.resume_point(subscriber.user, requested).await?;
     let context = hub.inner.connections.clone();
     let tracker = hub.inner.tracker.clone();
@@ -350,9 +405,10 @@ async fn websocket(
         .max_message_size(WS_MAX_MESSAGE)
         .max_frame_size(WS_MAX_MESSAGE)
         .on_upgrade(move |socket| {
-            tracker.track_future(connection::serve_websocket(
-                context, socket, subscriber, resume,
-            ))
+            tracker.track_future(async move {
+                connection::serve_websocket(context, socket, subscriber, resume).await;
+                drop(slot);
+            })
         }))
 }
 
@@ -361,6 +417,7 @@ async fn websocket(
 #[tracing::instrument(skip_all)]
 async fn server_sent_events(
     State(hub): State<HubState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiQuery(query): ApiQuery<ConnectQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HubError> {
@@ -373,17 +430,16 @@ async fn server_sent_events(
         query.last_event_id.as_deref(),
         query.since.as_deref(),
     ])?;
-    let subscriber = hub.authenticate(&headers, query.ticket.as_deref()).await?;
+    let (subscriber, slot) = hub.admit(peer, &headers, query.ticket.as_deref()).await?;
     let resume = hub.resume_point(subscriber.user, requested).await?;
     // Capacity 1: the connection's own bounded queue does the buffering; this only hands
     // events to the response body as the socket accepts them.
     let (events, body) = tokio::sync::mpsc::channel(1);
-    hub.inner.tracker.spawn(connection::serve_sse(
-        hub.inner.connections.clone(),
-        events,
-        subscriber,
-        resume,
-    ));
+    let context = hub.inner.connections.clone();
+    hub.inner.tracker.spawn(async move {
+        connection::serve_sse(context, events, subscriber, resume).await;
+        drop(slot);
+    });
     let stream = tokio_stream::wrappers::ReceiverStream::new(body).map(Ok::<_, Infallible>);
     Ok((
         [("x-accel-buffering", "no"), ("cache-control", "no-cache")],

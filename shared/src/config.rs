@@ -181,6 +181,15 @@ pub struct HubSettings {
     pub ws_ping_interval: Duration,
     pub sse_heartbeat_interval: Duration,
     pub ticket_ttl: Duration,
+    /// Open connections one user may hold on one replica (0: no cap).
+    pub max_connections_per_user: usize,
+    /// Open connections one client address (an IPv6 /64) may hold on one replica (0: no cap).
+    pub max_connections_per_address: usize,
+    /// Failed handshakes (bad ticket or token) one address may make per minute before the
+    /// replica refuses its handshakes without looking at them (0: no throttle).
+    pub max_failed_handshakes_per_minute: u32,
+    /// Proxies in front of the hub whose `X-Forwarded-For` names the client address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Home timelines of the posts service (Redis, fan-out on write).
@@ -221,6 +230,22 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 reason: e.to_string(),
                 value,
             }),
+        }
+    }
+
+    /// A comma-separated list of addresses and CIDR networks; empty when unset or `none`.
+    fn networks(&self, name: &'static str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        match self.optional(name) {
+            None => Ok(Vec::new()),
+            Some(value) => {
+                crate::client_address::ClientAddressPolicy::parse_list(&value).map_err(|reason| {
+                    ConfigError::Invalid {
+                        name,
+                        reason,
+                        value,
+                    }
+                })
+            }
         }
     }
 
@@ -327,6 +352,12 @@ impl Settings {
                 ws_ping_interval: env.seconds("HUB_WS_PING_SECS", 25)?,
                 sse_heartbeat_interval: env.seconds("HUB_SSE_HEARTBEAT_SECS", 15)?,
                 ticket_ttl: env.seconds("HUB_TICKET_TTL_SECS", 30)?,
+                max_connections_per_user: env.parse("HUB_MAX_CONNECTIONS_PER_USER", 32)?,
+                max_connections_per_address: env
+                    .parse("HUB_MAX_CONNECTIONS_PER_ADDRESS", 10_000)?,
+                max_failed_handshakes_per_minute: env
+                    .parse("HUB_MAX_FAILED_HANDSHAKES_PER_MINUTE", 30)?,
+                trusted_proxies: env.networks("HUB_TRUSTED_PROXIES")?,
             },
             timelines: TimelineSettings {
                 capacity: env.parse(

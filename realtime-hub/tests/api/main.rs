@@ -5,6 +5,7 @@ mod auth;
 mod delivery;
 mod failover;
 mod helpers;
+mod limits;
 mod pubsub_outage;
 mod resume;
 mod slow_clients;
