@@ -36,7 +36,7 @@ use axum::{
 use base64::Engine;
 use futures_util::StreamExt;
 use instaclone_shared::{
-    amqp,
+    amqp::{self, BrokerStatus},
     auth::{AuthUser, TokenKind, TokenVerifier, bearer_token},
     client_address::ClientAddressPolicy,
     config::Settings,
@@ -182,14 +182,18 @@ pub async fn build(
         .route("/realtime/ws", get(websocket))
         .route("/realtime/sse", get(server_sent_events))
         .with_state(state);
+    let broker = BrokerStatus::default();
     let router = service_router(
         SERVICE_NAME,
         Router::new().merge(realtime),
         vec![
             Dependency::Redis(redis),
-            Dependency::RabbitMq(settings.amqp.clone()),
+            Dependency::RabbitMq {
+                settings: settings.amqp.clone(),
+                status: broker.clone(),
+            },
         ],
-        settings.http.body_limit_bytes,
+        settings,
     );
     let notification_queue = consumer::queue_spec(&settings.amqp);
     amqp::declare_work_queue_at_startup(&settings.amqp, &notification_queue, settings.startup_wait)
@@ -214,6 +218,7 @@ pub async fn build(
         settings.amqp.clone(),
         notification_queue,
         shutdown.clone(),
+        broker,
         move |batch| {
             let store = consumer_store.clone();
             async move { consumer::handle_batch(&store, batch).await }

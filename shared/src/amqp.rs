@@ -17,7 +17,14 @@
 //! - Every queue is bounded: work queues reject publishes when full (the publisher sees a nack
 //!   and its outbox retries), dead-letter queues and the event log drop their oldest entries.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use lapin::{
@@ -57,6 +64,51 @@ pub enum AmqpError {
     Broker(#[from] lapin::Error),
     #[error("RabbitMQ refused (nacked) a published message")]
     Nacked,
+}
+
+/// What a part's own consumers know about the broker: each registers its link and marks it up
+/// while it is consuming. `/ready` reads this instead of opening a connection per request
+/// ([`crate::health::Dependency::RabbitMq`]). Cheap to clone; clones share the links.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerStatus {
+    links: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>,
+}
+
+impl BrokerStatus {
+    /// A new link, down until its owner marks it up.
+    fn register(&self) -> Arc<AtomicBool> {
+        let link = Arc::new(AtomicBool::new(false));
+        if let Ok(mut links) = self.links.lock() {
+            links.push(link.clone());
+        }
+        link
+    }
+
+    /// Whether every registered link is consuming; `None` when no link is registered (nothing
+    /// to go by: the caller checks the broker itself).
+    pub fn all_up(&self) -> Option<bool> {
+        let links = self.links.lock().ok()?;
+        if links.is_empty() {
+            return None;
+        }
+        Some(links.iter().all(|link| link.load(Ordering::Relaxed)))
+    }
+}
+
+/// Marks a link down when the consuming it guards ends, however it ends.
+struct LinkUp<'a>(&'a AtomicBool);
+
+impl<'a> LinkUp<'a> {
+    fn mark(link: &'a AtomicBool) -> Self {
+        link.store(true, Ordering::Relaxed);
+        Self(link)
+    }
+}
+
+impl Drop for LinkUp<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Opens a connection driven by the tokio runtime.
@@ -426,11 +478,13 @@ const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 /// for redelivery. The dead-letter queue receives only what can never succeed (undecodable
 /// messages, [`HandlerError::Permanent`] events), each logged with why. Retries are counted in
 /// `consumer_retries_total{queue}`, and `consumer_retrying{queue}` says how many batches are
-/// waiting on a dependency right now.
+/// waiting on a dependency right now. The consumer's link is registered with `status`, up
+/// while it is consuming.
 pub async fn run_consumer<H, Fut>(
     settings: AmqpSettings,
     spec: QueueSpec,
     shutdown: CancellationToken,
+    status: BrokerStatus,
     handler: H,
 ) where
     H: Fn(Batch) -> Fut + Clone + Send + Sync + 'static,
@@ -441,6 +495,7 @@ pub async fn run_consumer<H, Fut>(
         spec,
         shutdown,
         handler,
+        link: status.register(),
     };
     while !consumer.shutdown.is_cancelled() {
         match consumer.consume_once(&settings).await {
@@ -464,6 +519,8 @@ struct Consumer<H> {
     spec: QueueSpec,
     shutdown: CancellationToken,
     handler: H,
+    /// Up while consuming (see [`BrokerStatus`]).
+    link: Arc<AtomicBool>,
 }
 
 impl<H, Fut> Consumer<H>
@@ -493,6 +550,7 @@ where
             )
             .await?;
         tracing::info!(queue = %spec.name, "consuming");
+        let _up = LinkUp::mark(&self.link);
 
         // Whatever has arrived by the time a handler is free is handled as one batch.
         let deliveries = consumer

@@ -342,7 +342,8 @@ impl InternalToken {
         self.0.expose()
     }
 
-    fn matches(&self, presented: &str) -> bool {
+    /// Whether `presented` is this credential (compared in constant time).
+    pub fn matches(&self, presented: &str) -> bool {
         let expected = self.0.expose().as_bytes();
         let presented = presented.as_bytes();
         // Constant time in the content, so the credential cannot be guessed byte by byte.

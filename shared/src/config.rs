@@ -78,8 +78,30 @@ pub struct Settings {
     pub hub: HubSettings,
     pub timelines: TimelineSettings,
     pub log_format: LogFormat,
+    /// Who may scrape `/metrics` (`METRICS_ACCESS`).
+    pub metrics_access: MetricsAccess,
     /// How long a part waits for each backing service at startup.
     pub startup_wait: Duration,
+}
+
+/// Who may read `/metrics`: only callers presenting the service credential (`credential`, the
+/// default), or anyone (`public`, for a private network or a laptop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAccess {
+    Credential,
+    Public,
+}
+
+impl FromStr for MetricsAccess {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "credential" | "token" => Ok(Self::Credential),
+            "public" => Ok(Self::Public),
+            other => Err(format!("expected `credential` or `public`, got `{other}`")),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -368,6 +390,7 @@ impl Settings {
                 post_ttl: env.seconds("FEED_POST_CACHE_TTL_SECS", 24 * 3600)?,
             },
             log_format: env.parse("LOG_FORMAT", LogFormat::Human)?,
+            metrics_access: env.parse("METRICS_ACCESS", MetricsAccess::Credential)?,
             startup_wait: env.seconds("STARTUP_WAIT_SECS", 60)?,
             services,
             http,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use serde_json::json;
 
-use crate::config::AmqpSettings;
+use crate::{amqp::BrokerStatus, config::AmqpSettings};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -19,7 +19,12 @@ pub enum Dependency {
     Postgres(sqlx::PgPool),
     Mongo(mongodb::Database),
     Redis(redis::aio::ConnectionManager),
-    RabbitMq(AmqpSettings),
+    /// The broker, as the part's own consumers see it (`status`); checked with a connection of
+    /// its own only when the part has no consumer yet.
+    RabbitMq {
+        settings: AmqpSettings,
+        status: BrokerStatus,
+    },
 }
 
 impl Dependency {
@@ -28,7 +33,7 @@ impl Dependency {
             Self::Postgres(_) => "postgres",
             Self::Mongo(_) => "mongodb",
             Self::Redis(_) => "redis",
-            Self::RabbitMq(_) => "rabbitmq",
+            Self::RabbitMq { .. } => "rabbitmq",
         }
     }
 
@@ -52,7 +57,11 @@ impl Dependency {
                     .map(drop)
                     .map_err(|e| e.to_string())
             }
-            Self::RabbitMq(settings) => {
+            Self::RabbitMq { status, .. } if status.all_up() == Some(true) => Ok(()),
+            Self::RabbitMq { status, .. } if status.all_up() == Some(false) => {
+                Err("a consumer's RabbitMQ link is down".to_owned())
+            }
+            Self::RabbitMq { settings, .. } => {
                 let connection = crate::amqp::connect(settings)
                     .await
                     .map_err(|e| e.to_string())?;

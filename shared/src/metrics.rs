@@ -8,12 +8,17 @@ use std::{sync::OnceLock, time::Instant};
 use axum::{
     Router,
     extract::{MatchedPath, Request},
-    http::header::CONTENT_TYPE,
+    http::{HeaderMap, header::CONTENT_TYPE},
     middleware::Next,
     response::{IntoResponse, Response},
     routing::get,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::{
+    auth::{INTERNAL_TOKEN_HEADER, InternalToken, bearer_token},
+    http::ApiError,
+};
 
 /// Latency buckets (seconds) for every `*_seconds` histogram: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -58,15 +63,34 @@ fn spawn_upkeep(handle: PrometheusHandle) {
     }
 }
 
-/// `GET /metrics` in the Prometheus text format.
-pub fn router() -> Router {
+/// `GET /metrics` in the Prometheus text format. With `guard` (the service credential, `None`
+/// inside when none is configured), a scrape must present it, as `Authorization: Bearer` (what
+/// Prometheus' `authorization` setting sends) or as the `x-internal-token` header: the counters
+/// of every part in the process are not for the public. Without `guard`, anyone may scrape.
+pub fn router(guard: Option<Option<InternalToken>>) -> Router {
     Router::new().route(
         "/metrics",
-        get(|| async {
+        get(move |headers: HeaderMap| async move {
+            if let Some(expected) = &guard {
+                let presented = bearer_token(&headers).or_else(|| {
+                    headers
+                        .get(INTERNAL_TOKEN_HEADER)
+                        .and_then(|value| value.to_str().ok())
+                });
+                let allowed = expected
+                    .as_ref()
+                    .zip(presented)
+                    .is_some_and(|(expected, presented)| expected.matches(presented));
+                if !allowed {
+                    return ApiError::unauthorized("Metrics need the service credential")
+                        .into_response();
+                }
+            }
             (
                 [(CONTENT_TYPE, "text/plain; version=0.0.4")],
                 handle().render(),
             )
+                .into_response()
         }),
     )
 }

@@ -15,19 +15,37 @@ use tokio_util::sync::CancellationToken;
 const TASK_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A part's complete router: its own routes plus `/health`, `/ready` (checking `dependencies`)
-/// and `/metrics`, with request metrics and the common layers of [`crate::http`].
+/// and `/metrics` (behind the service credential unless `METRICS_ACCESS=public`), with request
+/// metrics and the common layers of [`crate::http`].
 pub fn service_router(
     name: &'static str,
     routes: Router,
     dependencies: Vec<crate::health::Dependency>,
-    body_limit_bytes: usize,
+    settings: &crate::config::Settings,
 ) -> Router {
+    let metrics = match settings.metrics_access {
+        crate::config::MetricsAccess::Public => crate::metrics::router(None),
+        crate::config::MetricsAccess::Credential => {
+            let token = settings
+                .internal
+                .token
+                .clone()
+                .map(crate::auth::InternalToken::new);
+            if token.is_none() {
+                tracing::warn!(
+                    part = name,
+                    "INTERNAL_TOKEN is not set: /metrics refuses every scrape (set it, or METRICS_ACCESS=public)"
+                );
+            }
+            crate::metrics::router(Some(token))
+        }
+    };
     let router = routes
         .merge(crate::health::router(dependencies))
-        .merge(crate::metrics::router());
+        .merge(metrics);
     crate::http::with_common_layers(
         crate::metrics::with_request_metrics(router, name),
-        body_limit_bytes,
+        settings.http.body_limit_bytes,
     )
 }
 

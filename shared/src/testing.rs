@@ -340,6 +340,7 @@ pub struct TcpProxy {
 struct ProxyState {
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     connections: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    accepted: std::sync::atomic::AtomicUsize,
 }
 
 impl TcpProxy {
@@ -355,6 +356,7 @@ impl TcpProxy {
             state: std::sync::Arc::new(ProxyState {
                 task: std::sync::Mutex::new(None),
                 connections: std::sync::Mutex::new(Vec::new()),
+                accepted: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         proxy.serve(listener);
@@ -398,11 +400,21 @@ impl TcpProxy {
         self.port
     }
 
+    /// Connections accepted so far (to see whether something opens connections it should not).
+    pub fn accepted(&self) -> usize {
+        self.state
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn serve(&self, listener: tokio::net::TcpListener) {
         let upstream = self.upstream.clone();
         let state = self.state.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                state
+                    .accepted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let upstream = upstream.clone();
                 let connection = tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {

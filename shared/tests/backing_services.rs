@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use instaclone_shared::{
     amqp::{
-        Batch, EventPublisher, HandlerError, QueueSpec, REJECTED_REASON_HEADER, Rejected,
-        declare_work_queue, for_each_event, run_consumer,
+        Batch, BrokerStatus, EventPublisher, HandlerError, QueueSpec, REJECTED_REASON_HEADER,
+        Rejected, declare_work_queue, for_each_event, run_consumer,
     },
     db,
     events::{EventEnvelope, PostDeleted, UserUnfollowed, event_type},
@@ -129,6 +129,7 @@ async fn published_events_reach_a_bound_consumer_and_the_event_log() {
         env.settings.amqp.clone(),
         spec,
         shutdown.clone(),
+        BrokerStatus::default(),
         move |batch: Batch| {
             let tx = tx.clone();
             async move {
@@ -244,6 +245,7 @@ async fn a_permanent_failure_is_dead_lettered_and_a_transient_one_retried_in_pla
         env.settings.amqp.clone(),
         spec.clone(),
         shutdown.clone(),
+        BrokerStatus::default(),
         move |batch: Batch| {
             let (recorded, done_tx) = (recorded.clone(), done_tx.clone());
             async move {
@@ -320,6 +322,7 @@ async fn shutdown_while_a_dependency_is_down_hands_the_message_back_to_the_queue
         env.settings.amqp.clone(),
         spec.clone(),
         shutdown.clone(),
+        BrokerStatus::default(),
         move |_batch: Batch| {
             let _ = tried_tx.send(());
             async { Err::<Vec<_>, _>(HandlerError::Transient("dependency down".into())) }
@@ -369,6 +372,7 @@ async fn a_batch_travels_as_one_message_and_a_rejected_event_is_dead_lettered_al
         env.settings.amqp.clone(),
         spec.clone(),
         shutdown.clone(),
+        BrokerStatus::default(),
         move |batch: Batch| {
             let tx = tx.clone();
             async move {
@@ -477,6 +481,7 @@ async fn messages_waiting_together_are_handled_together_and_a_poison_one_alone_i
         env.settings.amqp.clone(),
         spec.clone(),
         shutdown.clone(),
+        BrokerStatus::default(),
         move |batch: Batch| {
             let tx = tx.clone();
             async move {
@@ -592,6 +597,7 @@ async fn dead_letters_are_listed_without_removal_and_redriven_once_to_their_own_
         env.settings.amqp.clone(),
         spec.clone(),
         shutdown.clone(),
+        BrokerStatus::default(),
         |_batch: Batch| async { Err::<Vec<_>, _>(HandlerError::Permanent("no such user".into())) },
     ));
     EventPublisher::new(env.settings.amqp.clone())

@@ -28,6 +28,8 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// One running hub replica.
 pub struct Replica {
     pub port: u16,
+    /// The service credential `/metrics` asks for.
+    pub internal_token: String,
     pub shutdown: CancellationToken,
     pub stopped: tokio::task::JoinHandle<()>,
 }
@@ -69,6 +71,14 @@ pub async fn spawn_replica(env: &TestEnv) -> Replica {
     });
     Replica {
         port,
+        internal_token: env
+            .settings
+            .internal
+            .token
+            .as_ref()
+            .unwrap()
+            .expose()
+            .clone(),
         shutdown,
         stopped,
     }
@@ -348,7 +358,10 @@ impl SseClient {
 
 /// The value of a metric line of `/metrics` that contains all `parts`, 0 if absent.
 pub async fn metric(replica: &Replica, name: &str, parts: &[&str]) -> f64 {
-    let text = reqwest::get(replica.http("/metrics"))
+    let text = reqwest::Client::new()
+        .get(replica.http("/metrics"))
+        .bearer_auth(&replica.internal_token)
+        .send()
         .await
         .unwrap()
         .text()

@@ -76,7 +76,7 @@ pub async fn build_with_options(
         SERVICE_NAME,
         axum::Router::new().merge(routes::router(state)),
         vec![Dependency::Redis(redis)],
-        settings.http.body_limit_bytes,
+        settings,
     );
     ServiceApp::bind(
         SERVICE_NAME,

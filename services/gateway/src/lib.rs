@@ -357,7 +357,7 @@ pub async fn build_in_process(
         SERVICE_NAME,
         proxied_routes(gateway)?.merge(openapi::router()),
         vec![Dependency::Redis(redis)],
-        settings.http.body_limit_bytes,
+        settings,
     );
     if let Some(cors) = cors {
         // Outermost, so preflights are answered before anything else and every response,
@@ -385,6 +385,8 @@ pub async fn build_in_process(
             settings.amqp.clone(),
             feed_cache_queue(&settings.amqp),
             shutdown,
+            // Not part of readiness: without it only cached feeds go stale sooner.
+            instaclone_shared::amqp::BrokerStatus::default(),
             move |batch| feed_invalidation::handle(batch, cache.clone(), users.clone()),
         ));
     }

@@ -555,10 +555,15 @@ pub const PUBLIC_ROUTES: &[PublicRoute] = &[
         "/metrics",
         Target::Gateway,
         Operational,
-        doc(
-            "Prometheus metrics: requests by route and status, latency histograms",
-            200,
-            Raw("text/plain"),
+        with_errors(
+            doc(
+                "Prometheus metrics: requests by route and status, latency histograms. Needs the \
+                 service credential (`Authorization: Bearer <INTERNAL_TOKEN>`) unless the \
+                 deployment sets METRICS_ACCESS=public",
+                200,
+                Raw("text/plain"),
+            ),
+            &[401],
         ),
     ),
 ];

@@ -32,7 +32,7 @@ use std::{
 };
 
 use instaclone_shared::{
-    amqp::{Batch, EventPublisher, HandlerError, QueueSpec, Rejected, run_consumer},
+    amqp::{Batch, BrokerStatus, EventPublisher, HandlerError, QueueSpec, Rejected, run_consumer},
     backoff::Backoff,
     clients::{ClientError, IdPage, UsersClient},
     config::AmqpSettings,
@@ -540,9 +540,10 @@ pub async fn run(
     settings: AmqpSettings,
     processor: Arc<EventProcessor>,
     shutdown: CancellationToken,
+    broker: BrokerStatus,
 ) {
     let spec = queue_spec(&settings);
-    run_consumer(settings, spec, shutdown, move |batch| {
+    run_consumer(settings, spec, shutdown, broker, move |batch| {
         let processor = processor.clone();
         async move { processor.handle_batch(batch).await }
     })

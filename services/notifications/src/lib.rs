@@ -16,7 +16,7 @@ pub mod store;
 use std::sync::Arc;
 
 use instaclone_shared::{
-    amqp::EventPublisher,
+    amqp::{BrokerStatus, EventPublisher},
     auth::TokenVerifier,
     clients::UsersClient,
     config::Settings,
@@ -40,14 +40,18 @@ pub async fn build(
     let verifier = TokenVerifier::from_settings(&settings.jwt)?;
     let (mongo, processor) = connect_processor(settings).await?;
     let store = NotificationStore::new(&mongo);
+    let broker = BrokerStatus::default();
     let router = service_router(
         SERVICE_NAME,
         axum::Router::new().merge(routes::router(AppState { store, verifier })),
         vec![
             Dependency::Mongo(mongo),
-            Dependency::RabbitMq(settings.amqp.clone()),
+            Dependency::RabbitMq {
+                settings: settings.amqp.clone(),
+                status: broker.clone(),
+            },
         ],
-        settings.http.body_limit_bytes,
+        settings,
     );
     instaclone_shared::amqp::declare_work_queue_at_startup(
         &settings.amqp,
@@ -67,6 +71,7 @@ pub async fn build(
         settings.amqp.clone(),
         Arc::new(processor),
         shutdown,
+        broker,
     ));
     Ok(app)
 }

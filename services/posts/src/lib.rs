@@ -18,7 +18,7 @@ pub mod timeline;
 pub mod writer;
 
 use instaclone_shared::{
-    amqp::{self, EventPublisher},
+    amqp::{self, BrokerStatus, EventPublisher},
     auth::TokenVerifier,
     clients::UsersClient,
     config::Settings,
@@ -91,15 +91,19 @@ pub async fn build(
         verifier,
         relay_waker: relay_waker.clone(),
     };
+    let broker = BrokerStatus::default();
     let router = service_router(
         SERVICE_NAME,
         routes::router(state),
         vec![
             Dependency::Mongo(mongo),
             Dependency::Redis(redis),
-            Dependency::RabbitMq(settings.amqp.clone()),
+            Dependency::RabbitMq {
+                settings: settings.amqp.clone(),
+                status: broker.clone(),
+            },
         ],
-        settings.http.body_limit_bytes,
+        settings,
     );
     let mut app = ServiceApp::bind(
         SERVICE_NAME,
@@ -119,6 +123,7 @@ pub async fn build(
         settings.amqp.clone(),
         timeline_queue,
         shutdown.clone(),
+        broker,
         move |batch| {
             let feed = feed.clone();
             async move { events::handle(&feed, &batch).await }

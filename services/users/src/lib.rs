@@ -20,7 +20,7 @@ pub mod views;
 
 use axum::extract::FromRef;
 use instaclone_shared::{
-    amqp::{EventPublisher, declare_work_queue_at_startup, run_consumer},
+    amqp::{BrokerStatus, EventPublisher, declare_work_queue_at_startup, run_consumer},
     auth::{InternalToken, TokenVerifier},
     config::Settings,
     db,
@@ -80,6 +80,7 @@ pub async fn build(
         relay_waker: relay_waker.clone(),
         follow_cache,
     };
+    let broker = BrokerStatus::default();
     let router = service_router(
         SERVICE_NAME,
         axum::Router::new()
@@ -88,9 +89,12 @@ pub async fn build(
             .with_state(state),
         vec![
             Dependency::Postgres(pool.clone()),
-            Dependency::RabbitMq(settings.amqp.clone()),
+            Dependency::RabbitMq {
+                settings: settings.amqp.clone(),
+                status: broker.clone(),
+            },
         ],
-        settings.http.body_limit_bytes,
+        settings,
     );
     // Bound before serving, so no post.created published meanwhile misses the counts.
     let posts_count_queue = posts_count::queue_spec(&settings.amqp);
@@ -118,6 +122,7 @@ pub async fn build(
         settings.amqp.clone(),
         posts_count_queue,
         shutdown,
+        broker,
         move |batch| posts_count::apply_batch(consumer_pool.clone(), batch),
     ));
     Ok(app)

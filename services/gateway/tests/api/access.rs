@@ -87,12 +87,13 @@ async fn register_login_and_gateway_routes_need_no_token() {
         .iter()
         .filter(|r| r.access != Access::AccessToken)
     {
-        let response = app
+        let mut request = app
             .client
-            .request(route.method.clone(), app.url(route.path))
-            .send()
-            .await
-            .unwrap();
+            .request(route.method.clone(), app.url(route.path));
+        if route.path == "/metrics" {
+            request = request.bearer_auth(internal_token(&app));
+        }
+        let response = request.send().await.unwrap();
         assert_eq!(
             response.status(),
             StatusCode::OK,
@@ -184,6 +185,7 @@ async fn metrics_are_labelled_with_the_public_route_template_not_the_raw_path() 
     let metrics = app
         .client
         .get(app.url("/metrics"))
+        .bearer_auth(internal_token(&app))
         .send()
         .await
         .unwrap()
@@ -207,4 +209,56 @@ async fn metrics_are_labelled_with_the_public_route_template_not_the_raw_path() 
         !metrics.contains(&id.to_string()),
         "a raw path leaked into a label"
     );
+}
+
+fn internal_token(app: &crate::helpers::TestApp) -> String {
+    app.env
+        .settings
+        .internal
+        .token
+        .as_ref()
+        .unwrap()
+        .expose()
+        .clone()
+}
+
+#[tokio::test]
+async fn metrics_need_the_service_credential() {
+    let app = spawn_app().await;
+    let scrape = |credential: Option<(&'static str, String)>| {
+        let mut request = app.client.get(app.url("/metrics"));
+        if let Some((header, value)) = credential {
+            request = request.header(header, value);
+        }
+        request.send()
+    };
+    let anonymous = scrape(None).await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let wrong = scrape(Some(("authorization", "Bearer guess".to_owned())))
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    // A user's access token is not the service credential.
+    let user = format!("Bearer {}", app.token(Uuid::now_v7()));
+    assert_eq!(
+        scrape(Some(("authorization", user)))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let bearer = format!("Bearer {}", internal_token(&app));
+    let scraped = scrape(Some(("authorization", bearer))).await.unwrap();
+    assert_eq!(scraped.status(), StatusCode::OK);
+    assert!(
+        scraped
+            .text()
+            .await
+            .unwrap()
+            .contains("http_requests_total")
+    );
+    let header = scrape(Some(("x-internal-token", internal_token(&app))))
+        .await
+        .unwrap();
+    assert_eq!(header.status(), StatusCode::OK);
 }

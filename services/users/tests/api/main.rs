@@ -8,4 +8,5 @@ mod outage;
 mod outbox;
 mod posts_count;
 mod profiles;
+mod readiness;
 mod search;
