@@ -82,6 +82,17 @@ impl TestEnv {
         }
     }
 
+    /// The service credential of this environment (what `/internal/*` and `/metrics` ask for).
+    pub fn internal_token(&self) -> String {
+        self.settings
+            .internal
+            .token
+            .as_ref()
+            .expect("TestEnv always sets INTERNAL_TOKEN")
+            .expose()
+            .clone()
+    }
+
     /// A valid access token for `user`, as the auth service would mint it.
     pub fn access_token(&self, user: Uuid) -> String {
         self.issuer

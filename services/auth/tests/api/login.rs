@@ -85,7 +85,7 @@ async fn login_outcomes_are_counted_in_metrics_and_ready_reports_redis() {
     let metrics = app
         .http
         .get(format!("{}/metrics", app.address))
-        .bearer_auth(app.env.settings.internal.token.as_ref().unwrap().expose())
+        .bearer_auth(app.env.internal_token())
         .send()
         .await
         .unwrap()
