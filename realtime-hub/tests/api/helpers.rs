@@ -71,14 +71,7 @@ pub async fn spawn_replica(env: &TestEnv) -> Replica {
     });
     Replica {
         port,
-        internal_token: env
-            .settings
-            .internal
-            .token
-            .as_ref()
-            .unwrap()
-            .expose()
-            .clone(),
+        internal_token: env.internal_token(),
         shutdown,
         stopped,
     }

@@ -212,14 +212,7 @@ async fn metrics_are_labelled_with_the_public_route_template_not_the_raw_path() 
 }
 
 fn internal_token(app: &crate::helpers::TestApp) -> String {
-    app.env
-        .settings
-        .internal
-        .token
-        .as_ref()
-        .unwrap()
-        .expose()
-        .clone()
+    app.env.internal_token()
 }
 
 #[tokio::test]

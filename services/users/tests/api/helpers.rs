@@ -127,14 +127,7 @@ impl TestApp {
 
     /// The service credential, for raw requests to `/internal/*`.
     pub fn users_token(&self) -> String {
-        self.env
-            .settings
-            .internal
-            .token
-            .clone()
-            .unwrap()
-            .expose()
-            .clone()
+        self.env.internal_token()
     }
 
     /// A pool on this test's database, for seeding and inspecting.
