@@ -6,7 +6,11 @@
 //! the verified access token, so one user's feed can never be served to another.
 //!
 //! Freshness: entries are stamped and ignored once older than the TTL (Redis 7.0 has no
-//! per-field expiry; the hash itself expires a TTL after its last write). The caller's own writes
+//! per-field expiry). The hash itself expires one TTL after its *first* write (`PEXPIRE … NX`:
+//! later writes never extend it), so no entry outlives two TTLs however often the user reads.
+//! Size: a user holds at most [`MAX_ENTRIES_PER_USER`] pages; a write of a new page beyond that
+//! starts the user's hash afresh, so cycling through distinct query strings costs at most that
+//! many entries of at most [`MAX_CACHED_BODY`] each, for at most one TTL. The caller's own writes
 //! that change their feed (post, delete, follow, unfollow) drop their entries before the write's
 //! response is returned, so a user always sees their own changes. A new or deleted post drops the
 //! cached feeds of the author's followers when its event arrives (`crate::feed_invalidation`);
@@ -18,7 +22,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use redis::aio::ConnectionManager;
+use redis::{Script, aio::ConnectionManager};
 use uuid::Uuid;
 
 /// How long a cache read may take before the request goes to the service instead.
@@ -27,12 +31,30 @@ const CACHE_TIMEOUT: Duration = Duration::from_millis(250);
 const MAX_CACHED_QUERY_LEN: usize = 256;
 /// Responses larger than this are not cached.
 pub const MAX_CACHED_BODY: usize = 512 * 1024;
+/// Distinct pages (query strings) cached per user at most.
+pub const MAX_ENTRIES_PER_USER: usize = 8;
+
+/// KEYS[1] the user's hash; ARGV[1] field (query), ARGV[2] stamped body, ARGV[3] max entries,
+/// ARGV[4] TTL ms. A new field beyond the cap replaces the whole hash; the expiry is set only
+/// when the hash has none, so writes never extend it.
+const PUT_SCRIPT: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
+   and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+";
 
 #[derive(Clone)]
 pub struct FeedCache {
     redis: ConnectionManager,
     key_prefix: String,
     ttl: Duration,
+    put: std::sync::Arc<Script>,
 }
 
 impl FeedCache {
@@ -41,6 +63,7 @@ impl FeedCache {
             redis,
             key_prefix,
             ttl,
+            put: std::sync::Arc::new(Script::new(PUT_SCRIPT)),
         }
     }
 
@@ -82,20 +105,15 @@ impl FeedCache {
         let key = self.key(user);
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let mut redis = self.redis.clone();
-        let mut pipeline = redis::pipe();
-        pipeline
-            .cmd("HSET")
-            .arg(&key)
+        let mut invocation = self.put.key(&key);
+        invocation
             .arg(query)
             .arg(value)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(ttl_ms)
-            .ignore();
-        let write = pipeline.query_async::<()>(&mut redis);
+            .arg(MAX_ENTRIES_PER_USER)
+            .arg(ttl_ms);
+        let write = invocation.invoke_async::<i64>(&mut redis);
         match tokio::time::timeout(CACHE_TIMEOUT, write).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::warn!(%error, "feed cache write failed"),
             Err(_) => tracing::warn!("feed cache write timed out"),
         }

@@ -12,7 +12,7 @@
 //! binary and the tests start it in-process.
 
 pub mod config;
-mod feed_cache;
+pub mod feed_cache;
 mod feed_invalidation;
 mod openapi;
 mod proxy;

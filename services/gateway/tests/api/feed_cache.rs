@@ -169,3 +169,57 @@ async fn a_post_event_drops_the_cached_feeds_of_the_authors_followers() {
     assert_eq!(feed(&app, &tokens[2], "").await.0, "HIT", "not a follower");
     assert!(followers.hits() >= 2, "followers were read page by page");
 }
+
+#[tokio::test]
+async fn distinct_query_strings_cannot_grow_a_users_cache_nor_keep_it_alive() {
+    let app = spawn_app().await;
+    let user = Uuid::now_v7();
+    let token = app.token(user);
+    for page in 0..50 {
+        feed(&app, &token, &format!("?limit=10&before=p{page}")).await;
+    }
+    let mut redis = app.env.redis().await;
+    let key = app
+        .env
+        .settings
+        .redis
+        .key(&format!("gateway:feedcache:{user}"));
+    let entries: usize = redis::cmd("HLEN")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        (1..=instaclone_gateway::feed_cache::MAX_ENTRIES_PER_USER).contains(&entries),
+        "{entries} cached pages"
+    );
+
+    // Writes do not push the expiry out: it counts from the hash's first write.
+    let reader = Uuid::now_v7();
+    let token = app.token(reader);
+    let key = app
+        .env
+        .settings
+        .redis
+        .key(&format!("gateway:feedcache:{reader}"));
+    feed(&app, &token, "?limit=10").await;
+    let first: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(first > 0, "the hash has no expiry");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for page in 0..3 {
+        feed(&app, &token, &format!("?limit=10&again={page}")).await;
+    }
+    let later: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        later < first,
+        "a write extended the expiry ({first} ms -> {later} ms)"
+    );
+}
