@@ -367,8 +367,29 @@ impl HomeFeed {
     /// down to its `n`-th, so the timeline is complete down to the highest of those points (its
     /// floor), and entries below it are dropped. New posts that arrive while the sources are read
     /// are added by the fan-out, because `begin_rebuild` made the timeline exist first.
-    pub async fn rebuild(&self, reader: Uuid, sources: &[Uuid]) -> Result<(), PostsError> {
-        self.timelines.begin_rebuild(reader).await?;
+    ///
+    /// Single-flight per reader, across requests and replicas: the rebuild runs only for the
+    /// caller whose claim (`SET NX`) succeeds; the others return `false` at once and serve their
+    /// page from MongoDB, so a burst of reads of a reader without a timeline costs one rebuild,
+    /// not one per read (each up to one query per followed account).
+    pub async fn rebuild(&self, reader: Uuid, sources: &[Uuid]) -> Result<bool, PostsError> {
+        if !self.timelines.begin_rebuild(reader).await? {
+            ::metrics::counter!("posts_timeline_rebuilds_total", "outcome" => "joined")
+                .increment(1);
+            return Ok(false);
+        }
+        ::metrics::counter!("posts_timeline_rebuilds_total", "outcome" => "ran").increment(1);
+        let built = self.build_claimed(reader, sources).await;
+        if built.is_err()
+            && let Err(error) = self.timelines.abandon_rebuild(reader).await
+        {
+            tracing::warn!(%reader, %error, "cannot release a failed rebuild's claim");
+        }
+        built.map(|()| true)
+    }
+
+    /// The rebuild itself, once claimed.
+    async fn build_claimed(&self, reader: Uuid, sources: &[Uuid]) -> Result<(), PostsError> {
         let capacity = self.timelines.settings().capacity.get();
         let per_source = (capacity / sources.len().max(1)).max(REBUILD_MIN_POSTS_PER_SOURCE);
         let newest: Vec<(Uuid, Vec<ObjectId>)> = stream::iter(sources.iter().copied())

@@ -41,6 +41,11 @@ use crate::domain::PostId;
 /// Floor of a timeline that is being built: lexically above every hex id, so no id counts as
 /// covered until the build sets the real floor.
 pub const BUILDING: &str = "~";
+
+/// How long a rebuild's claim ([`BUILDING`]) holds: longer than any rebuild takes (10,000
+/// sources read 16 at a time), short enough that one that died mid-way does not keep the reader
+/// on MongoDB for long. The finished rebuild replaces it with the real floor.
+pub const REBUILD_CLAIM: std::time::Duration = std::time::Duration::from_secs(60);
 /// Floor of a timeline that holds everything: no post id is lower.
 pub const COMPLETE: &str = "000000000000000000000000";
 /// The cached body of a deleted post.
@@ -311,17 +316,31 @@ impl HomeTimelines {
             .await
     }
 
-    /// Marks the reader's timeline as being built, unless one exists. From now on new posts are
-    /// added to it, so none created while the rebuild reads MongoDB can be missed.
-    pub async fn begin_rebuild(&self, reader: Uuid) -> Result<(), redis::RedisError> {
-        redis::cmd("SET")
+    /// Claims the rebuild of the reader's timeline: marks it as being built unless a timeline or
+    /// another rebuild's claim exists (then `false`). From now on new posts are added to it, so
+    /// none created while the rebuild reads MongoDB can be missed.
+    pub async fn begin_rebuild(&self, reader: Uuid) -> Result<bool, redis::RedisError> {
+        let claimed: Option<String> = redis::cmd("SET")
             .arg(self.floor_key(reader))
             .arg(BUILDING)
             .arg("NX")
             .arg("PX")
-            .arg(millis(self.settings.ttl))
-            .exec_async(&mut self.redis.clone())
-            .await
+            .arg(millis(REBUILD_CLAIM.min(self.settings.ttl)))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(claimed.is_some())
+    }
+
+    /// Gives up a claim whose rebuild failed, so the next read tries again at once.
+    pub async fn abandon_rebuild(&self, reader: Uuid) -> Result<(), redis::RedisError> {
+        redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1",
+        )
+        .key(self.floor_key(reader))
+        .arg(BUILDING)
+        .invoke_async::<i64>(&mut self.redis.clone())
+        .await
+        .map(drop)
     }
 
     /// Stores what a rebuild found: `entries` and the floor down to which they are complete.

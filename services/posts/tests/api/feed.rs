@@ -140,6 +140,38 @@ async fn a_lost_timeline_is_rebuilt_from_the_store_and_the_follow_graph() {
     app.forget_timeline(reader).await;
     assert_eq!(app.list_ids(&reader_token, "/posts/feed").await, expected);
     assert_eq!(app.timeline_ids(reader).await, expected);
+
+    // A burst of reads of a reader without a timeline: every page is right (the reads that did
+    // not win the claim came from MongoDB) and the timeline ends up the same.
+    app.forget_timeline(reader).await;
+    let burst = (0..20).map(|_| app.list_ids(&reader_token, "/posts/feed"));
+    for page in futures_util::future::join_all(burst).await {
+        assert_eq!(page, expected);
+    }
+    app.eventually_timeline(reader, &expected).await;
+}
+
+#[tokio::test]
+async fn a_rebuild_is_claimed_by_one_caller_at_a_time() {
+    let app = spawn_app_with_users().await;
+    let timelines = app.timelines().await;
+    let reader = uuid::Uuid::now_v7();
+    let claims = (0..20).map(|_| timelines.begin_rebuild(reader));
+    let won = futures_util::future::join_all(claims)
+        .await
+        .into_iter()
+        .filter(|claimed| *claimed.as_ref().unwrap())
+        .count();
+    assert_eq!(won, 1, "one rebuild, not one per concurrent read");
+    // The claim is bounded in time, and a failed rebuild gives it back at once.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(timelines.floor_key(reader))
+        .query_async(&mut app.env.redis().await)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "claim held for {ttl} ms");
+    timelines.abandon_rebuild(reader).await.unwrap();
+    assert!(timelines.begin_rebuild(reader).await.unwrap());
 }
 
 #[tokio::test]
