@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{amqp::EventPublisher, events::EventEnvelope};
+use crate::{amqp::EventPublisher, backoff::Backoff, events::EventEnvelope};
 
 /// Where a producer keeps its pending events.
 pub trait OutboxStore: Send + Sync + 'static {
@@ -27,6 +27,13 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Marks the events with these ids as published (a store may finish that lazily, but must
     /// never hand them out again).
     fn mark_published(&self, ids: &[Uuid]) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Gives back events [`OutboxStore::pending`] handed out that could not be published, for
+    /// stores that claim what they hand out; the next round may take them again at once.
+    fn release(&self, ids: &[Uuid]) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = ids;
+        async { Ok(()) }
+    }
 
     /// Finishes whatever `mark_published` left to do; the relay calls it as it stops.
     fn flush(&self) -> impl Future<Output = Result<(), Self::Error>> + Send {
@@ -73,23 +80,21 @@ async fn relay_until_stopped<S: OutboxStore>(
     waker: &RelayWaker,
     shutdown: &CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let idle = match relay_round(store, publisher).await {
             Ok(published) => {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 if published > 0 {
                     tracing::debug!(published, "outbox relay published events");
                 }
                 published < RELAY_BATCH
             }
             Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "outbox relay could not publish; events stay pending");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shutdown.cancelled() => return,
+                tracing::warn!(%error, "outbox relay could not publish; events stay pending");
+                if !backoff.wait(shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -120,11 +125,13 @@ pub async fn relay_round<S: OutboxStore>(
     }
     #[allow(clippy::cast_precision_loss)]
     metrics::histogram!("outbox_relay_round_events").record(events.len() as f64);
-    publisher
-        .publish_batch(&events)
-        .await
-        .map_err(|e| e.to_string())?;
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    if let Err(error) = publisher.publish_batch(&events).await {
+        if let Err(release) = store.release(&ids).await {
+            tracing::warn!(error = %release, "cannot give back unpublished outbox events");
+        }
+        return Err(error.to_string());
+    }
     store
         .mark_published(&ids)
         .await

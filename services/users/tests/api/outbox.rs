@@ -141,3 +141,90 @@ async fn the_janitor_deletes_only_old_published_rows_and_old_event_ids() {
         .unwrap();
     assert_eq!(processed, vec![ids[4]]);
 }
+
+/// Rows as a follow would write them, straight into the outbox, for relays to race over.
+async fn insert_pending(pool: &sqlx::PgPool, count: usize) -> Vec<uuid::Uuid> {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let event = instaclone_shared::events::EventEnvelope::new(
+            "users",
+            &UserUnfollowed {
+                follower_id: uuid::Uuid::now_v7(),
+                followed_id: uuid::Uuid::now_v7(),
+            },
+        )
+        .unwrap();
+        sqlx::query("INSERT INTO outbox (id, event) VALUES ($1, $2::jsonb)")
+            .bind(event.id)
+            .bind(serde_json::to_string(&event).unwrap())
+            .execute(pool)
+            .await
+            .unwrap();
+        ids.push(event.id);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn concurrent_relays_claim_disjoint_rows_and_a_released_claim_is_taken_again() {
+    use instaclone_shared::outbox::OutboxStore;
+    use instaclone_users::outbox::PgOutbox;
+
+    let env = TestEnv::new();
+    let pool = env.postgres().await;
+    sqlx::migrate!("./migrations").run(&pool).await.unwrap();
+    let written = insert_pending(&pool, 120).await;
+    let (a, b) = (PgOutbox::new(pool.clone()), PgOutbox::new(pool.clone()));
+    let (first, second) = tokio::join!(a.pending(100), b.pending(100));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let mut seen: Vec<uuid::Uuid> = first.iter().chain(&second).map(|e| e.id).collect();
+    seen.sort_unstable();
+    let before = seen.len();
+    seen.dedup();
+    assert_eq!(seen.len(), before, "a row was handed to both relays");
+    assert_eq!(seen, written, "every row handed out once");
+    // Nothing is left to claim until a claim is released.
+    assert!(a.pending(100).await.unwrap().is_empty());
+    let given_back: Vec<uuid::Uuid> = second.iter().map(|e| e.id).take(5).collect();
+    b.release(&given_back).await.unwrap();
+    let again: Vec<uuid::Uuid> = a.pending(100).await.unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(again, given_back);
+}
+
+#[tokio::test]
+async fn an_undecodable_row_is_set_aside_and_does_not_stall_the_relay() {
+    let env = TestEnv::new();
+    let (_connection, channel) = env.amqp_channel().await;
+    let queue = env.observer_queue(&channel, &["user.followed"]).await;
+    let app = spawn_app_with(env, |_| {}).await;
+    let pool = app.db().await;
+    // Oldest first: the bad row sorts before the follow's event.
+    let bad = uuid::Uuid::now_v7();
+    sqlx::query("INSERT INTO outbox (id, event) VALUES ($1, '{\"not\": \"an event\"}')")
+        .bind(bad)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (_, ada_token) = app.user("ada").await;
+    let (grace, _) = app.user("grace").await;
+    let (status, body) = app.follow(&ada_token, grace).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let events = TestEnv::receive_events(&channel, &queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        events.len(),
+        1,
+        "the follow's event went out past the bad row"
+    );
+    let (published, reason): (bool, Option<String>) =
+        sqlx::query_as("SELECT published_at IS NOT NULL, dead_reason FROM outbox WHERE id = $1")
+            .bind(bad)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(published, "the bad row is no longer pending");
+    assert!(
+        reason.is_some_and(|r| !r.is_empty()),
+        "why it was set aside is kept"
+    );
+}
