@@ -254,14 +254,14 @@ impl UsersClient {
             .header(INTERNAL_TOKEN_HEADER, self.token.expose())
             .send()
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(without_query(e)))?;
         let status = response.status();
         if status.is_success() {
             return response
                 .json::<DataEnvelope<T>>()
                 .await
                 .map(|envelope| envelope.data)
-                .map_err(|e| unavailable(format!("unreadable response: {e}")));
+                .map_err(|e| unavailable(format!("unreadable response: {}", without_query(e))));
         }
         let message = response
             .json::<ErrorBody>()
@@ -280,10 +280,41 @@ impl UsersClient {
     }
 }
 
+/// A transport error as text for logs, naming the path it was for but not the query string
+/// (which may hold an email address).
+fn without_query(error: reqwest::Error) -> String {
+    let path = error.url().map(|url| url.path().to_owned());
+    let error = error.without_url();
+    match path {
+        Some(path) => format!("{error} ({path})"),
+        None => error.to_string(),
+    }
+}
+
 fn optional<T>(result: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
     match result {
         Ok(value) => Ok(Some(value)),
         Err(ClientError::NotFound) => Ok(None),
         Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_service_is_reported_without_the_email_it_was_asked_about() {
+        // Nothing listens on port 9 (discard) here: the connection is refused.
+        let client = UsersClient::new(
+            "http://127.0.0.1:9",
+            InternalToken::new(crate::config::Secret::new("t".to_owned())),
+            std::time::Duration::from_secs(2),
+        );
+        let error = client.find_by_email("ada@example.com").await.unwrap_err();
+        let logged = error.to_string();
+        assert!(matches!(error, ClientError::Unavailable { .. }), "{logged}");
+        assert!(!logged.contains("ada"), "{logged}");
+        assert!(logged.contains("/internal/users/by-email"), "{logged}");
     }
 }

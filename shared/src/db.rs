@@ -30,14 +30,34 @@ pub enum ConnectError {
     },
 }
 
-/// `scheme://user:password@host:port/path` without the credentials, for log lines.
+/// `scheme://user:password@host:port/path?options` without the credentials, for log lines: the
+/// user info goes, and so does the value of any option that can carry a secret
+/// (`?password=`, `sslpassword=`, `authToken=`, `secret=`, `key=`).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let without_user = match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}{}", &url[..scheme_end + 3], &url[at + 1..])
         }
         _ => url.to_owned(),
-    }
+    };
+    let Some((base, query)) = without_user.split_once('?') else {
+        return without_user;
+    };
+    let options: Vec<String> = query
+        .split('&')
+        .map(|option| match option.split_once('=') {
+            Some((name, _)) if is_secret_option(name) => format!("{name}=[redacted]"),
+            _ => option.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", options.join("&"))
+}
+
+fn is_secret_option(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "key"]
+        .iter()
+        .any(|word| name.contains(word))
 }
 
 /// Runs `attempt` until it succeeds or `max_wait` has passed, logging each failure.
@@ -202,6 +222,14 @@ mod tests {
         assert_eq!(
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_url("postgres://db:5432/users?user=app&password=hunter2&sslmode=require"),
+            "postgres://db:5432/users?user=app&password=[redacted]&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("mongodb://u:p@m:27017/?authSource=admin&tlsCertificateKeyFilePassword=x"),
+            "mongodb://m:27017/?authSource=admin&tlsCertificateKeyFilePassword=[redacted]"
         );
     }
 
