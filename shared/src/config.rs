@@ -77,6 +77,7 @@ pub struct Settings {
     pub services: ServiceUrls,
     pub hub: HubSettings,
     pub timelines: TimelineSettings,
+    pub notifications: NotificationSettings,
     pub log_format: LogFormat,
     /// Who may scrape `/metrics` (`METRICS_ACCESS`).
     pub metrics_access: MetricsAccess,
@@ -212,6 +213,16 @@ pub struct HubSettings {
     pub max_failed_handshakes_per_minute: u32,
     /// Proxies in front of the hub whose `X-Forwarded-For` names the client address.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// How long the notifications service keeps what it stores.
+#[derive(Debug, Clone)]
+pub struct NotificationSettings {
+    /// Notifications older than this are deleted (`NOTIFICATIONS_RETENTION_DAYS`, 0: kept
+    /// forever).
+    pub retention: Duration,
+    /// Progress records of completed events older than this are deleted.
+    pub progress_retention: Duration,
 }
 
 /// Home timelines of the posts service (Redis, fan-out on write).
@@ -388,6 +399,14 @@ impl Settings {
                 )?,
                 ttl: env.seconds("FEED_TIMELINE_TTL_SECS", 3 * 24 * 3600)?,
                 post_ttl: env.seconds("FEED_POST_CACHE_TTL_SECS", 24 * 3600)?,
+            },
+            notifications: NotificationSettings {
+                retention: env
+                    .seconds("NOTIFICATIONS_RETENTION_DAYS", 365)
+                    .map(|d| d * 86_400)?,
+                progress_retention: env
+                    .seconds("NOTIFICATIONS_PROGRESS_RETENTION_DAYS", 30)
+                    .map(|d| d * 86_400)?,
             },
             log_format: env.parse("LOG_FORMAT", LogFormat::Human)?,
             metrics_access: env.parse("METRICS_ACCESS", MetricsAccess::Credential)?,

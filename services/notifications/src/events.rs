@@ -54,6 +54,10 @@ pub const QUEUE: &str = "notifications";
 /// crashing the consumer gets there (transient failures are retried in place, undeliverable
 /// counts are not spent on them).
 pub const DELIVERY_LIMIT: u32 = 10;
+/// A follow of the same account by the same follower within this long of a follow notification
+/// already made (a follow/unfollow cycle) makes no new notification.
+pub const FOLLOW_COALESCING_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
 /// Followers read (and notifications inserted) per round of a fan-out.
 pub const FOLLOWER_PAGE: u32 = 1000;
 /// Notifications carried by one `notification.created` event.
@@ -264,9 +268,30 @@ impl EventProcessor {
         if follows.is_empty() {
             return Ok(());
         }
+        let pairs: Vec<(Uuid, Uuid, Uuid)> = follows
+            .iter()
+            .map(|(event, follow)| (follow.followed_id, follow.follower_id, event.id))
+            .collect();
+        let since = chrono::Utc::now() - FOLLOW_COALESCING_WINDOW;
+        let repeated = self
+            .store
+            .recently_followed(&pairs, since)
+            .await
+            .map_err(transient)?;
+        let is_repeat = |follow: &UserFollowed| {
+            repeated.contains(&(
+                follow.followed_id.to_string(),
+                follow.follower_id.to_string(),
+            ))
+        };
+        if !repeated.is_empty() {
+            metrics::counter!("notifications_follows_coalesced_total")
+                .increment(follows.iter().filter(|(_, f)| is_repeat(f)).count() as u64);
+        }
         let now = bson::DateTime::now();
         let notifications = follows
             .iter()
+            .filter(|(_, follow)| !is_repeat(follow))
             .map(|(event, follow)| {
                 NotificationDocument::new(
                     (event.id, event.occurred_at),
@@ -294,12 +319,12 @@ impl EventProcessor {
             .record_step(&done, event_type::USER_FOLLOWED, step, true)
             .await
             .map_err(transient)?;
-        for (event, _) in follows {
+        for (event, follow) in follows {
             let inserted = inserted.get(&event.id.to_string()).copied().unwrap_or(0);
             processed.outcomes.insert(
                 event.id,
                 Outcome::Handled {
-                    notifications: 1,
+                    notifications: u64::from(!is_repeat(follow)),
                     inserted: u64::try_from(inserted).unwrap_or_default(),
                 },
             );

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod replay;
+pub mod retention;
 pub mod routes;
 pub mod store;
 
@@ -40,6 +41,7 @@ pub async fn build(
     let verifier = TokenVerifier::from_settings(&settings.jwt)?;
     let (mongo, processor) = connect_processor(settings).await?;
     let store = NotificationStore::new(&mongo);
+    let retained = store.clone();
     let broker = BrokerStatus::default();
     let router = service_router(
         SERVICE_NAME,
@@ -67,6 +69,11 @@ pub async fn build(
         shutdown.clone(),
     )
     .await?;
+    app.spawn_task(retention::run(
+        retained,
+        settings.notifications.clone(),
+        shutdown.clone(),
+    ));
     app.spawn_task(events::run(
         settings.amqp.clone(),
         Arc::new(processor),

@@ -208,6 +208,10 @@ impl NotificationStore {
                 .build(),
         ];
         self.notifications.create_indexes(indexes).await?;
+        // For the retention of completed progress records.
+        self.progress
+            .create_index(IndexModel::builder().keys(doc! { "updatedAt": 1 }).build())
+            .await?;
         Ok(())
     }
 
@@ -255,6 +259,70 @@ impl NotificationStore {
             notifications,
             inserted,
         })
+    }
+
+    /// The `(recipient, follower)` pairs among `pairs` that already have a follow notification
+    /// created since `since` by an event other than the one now asking (`event_of` names the
+    /// asking event of each pair), so a follow/unfollow cycle does not notify again.
+    pub async fn recently_followed(
+        &self,
+        pairs: &[(Uuid, Uuid, Uuid)],
+        since: DateTime<Utc>,
+    ) -> Result<HashSet<(String, String)>, NotificationsError> {
+        if pairs.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let recipients: Vec<String> = pairs.iter().map(|(r, _, _)| r.to_string()).collect();
+        let followers: Vec<String> = pairs.iter().map(|(_, f, _)| f.to_string()).collect();
+        let asking: HashSet<String> = pairs.iter().map(|(_, _, e)| e.to_string()).collect();
+        let seconds = u32::try_from(since.timestamp()).unwrap_or_default();
+        let mut floor = [0_u8; 12];
+        floor[..4].copy_from_slice(&seconds.to_be_bytes());
+        let found: Vec<NotificationDocument> = self
+            .notifications
+            .find(doc! {
+                "userId": { "$in": recipients },
+                "_id": { "$gte": ObjectId::from_bytes(floor) },
+                "type": NotificationKind::Follow.as_str(),
+                "data.followerId": { "$in": followers },
+            })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(found
+            .into_iter()
+            .filter(|n| !asking.contains(&n.event_id))
+            .filter_map(|n| match n.data {
+                NotificationData::Follow { follower_id } => Some((n.user_id, follower_id)),
+                NotificationData::PostCreated { .. } => None,
+            })
+            .collect())
+    }
+
+    /// Deletes notifications created before `notifications_before` and the progress records of
+    /// events completed before `progress_before`; returns how many of each.
+    pub async fn delete_older_than(
+        &self,
+        notifications_before: DateTime<Utc>,
+        progress_before: DateTime<Utc>,
+    ) -> Result<(u64, u64), NotificationsError> {
+        let seconds = u32::try_from(notifications_before.timestamp()).unwrap_or_default();
+        let mut bound = [0_u8; 12];
+        bound[..4].copy_from_slice(&seconds.to_be_bytes());
+        let notifications = self
+            .notifications
+            .delete_many(doc! { "_id": { "$lt": ObjectId::from_bytes(bound) } })
+            .await?
+            .deleted_count;
+        let progress = self
+            .progress
+            .delete_many(doc! {
+                "completed": true,
+                "updatedAt": { "$lt": bson::DateTime::from_millis(progress_before.timestamp_millis()) },
+            })
+            .await?
+            .deleted_count;
+        Ok((notifications, progress))
     }
 
     /// Progress of the event with this id, if any was recorded.

@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)] // tests and their helpers fail by panicking
 
+mod coalescing;
 mod events;
 mod helpers;
 mod outage;
