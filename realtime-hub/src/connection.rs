@@ -74,6 +74,9 @@ pub struct Subscriber {
     pub user: Uuid,
     /// Unix seconds at which its credentials expire.
     pub expires_at: i64,
+    /// Unix seconds at which its credentials were issued (a revocation of the user's sessions
+    /// closes connections opened with older ones).
+    pub issued_at: i64,
 }
 
 /// The outgoing side of a connection.
@@ -184,7 +187,7 @@ pub async fn serve_websocket(
     let (registration, subscribed) =
         context
             .registry
-            .register(subscriber.user, queue_tx.clone(), control.clone());
+            .register(&subscriber, queue_tx.clone(), control.clone());
     let mut reader = tokio::spawn(read_websocket(
         stream,
         control.clone(),
@@ -228,7 +231,7 @@ pub async fn serve_sse(
     let (registration, subscribed) =
         context
             .registry
-            .register(subscriber.user, queue_tx, control.clone());
+            .register(&subscriber, queue_tx, control.clone());
     let mut writer = Writer::Sse(events);
     let session = Session {
         queue: queue_rx,

@@ -43,6 +43,7 @@ use instaclone_shared::{
     db::{self, redact_url},
     health::Dependency,
     http::{ApiError, ApiQuery, Envelope},
+    revocation::Revocations,
     server::{ServiceApp, StartupError, service_router},
     unreachable::Unreachable,
 };
@@ -123,6 +124,7 @@ struct HubInner {
     store: Store,
     admission: Admission,
     addresses: ClientAddressPolicy,
+    revocations: Revocations,
     connections: ConnectionContext,
     ticket_ttl: Duration,
     tracker: TaskTracker,
@@ -162,6 +164,7 @@ pub async fn build(
             verifier: verifier.clone(),
             store: store.clone(),
             admission: admission.clone(),
+            revocations: Revocations::new(redis.clone(), settings.redis.clone()),
             addresses: ClientAddressPolicy::new(settings.hub.trusted_proxies.clone()),
             connections: ConnectionContext {
                 registry: registry.clone(),
@@ -264,7 +267,7 @@ async fn issue_ticket(
 ) -> Result<(StatusCode, Envelope<Ticket>), HubError> {
     let bytes: [u8; 32] = rand::random();
     let ticket = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let value = format!("{}:{}", user.id, user.expires_at);
+    let value = format!("{}:{}:{}", user.id, user.expires_at, user.issued_at);
     hub.inner
         .store
         .put_ticket(&ticket, &value, hub.inner.ticket_ttl)
@@ -308,6 +311,14 @@ impl HubState {
             }
             other => other?,
         };
+        if self
+            .inner
+            .revocations
+            .is_revoked(subscriber.user, subscriber.issued_at)
+            .await?
+        {
+            return Err(HubError::Unauthorized("Session revoked: log in again"));
+        }
         let slot = self.inner.admission.admit(subscriber.user, address)?;
         Ok((subscriber, slot))
     }
@@ -325,14 +336,12 @@ impl HubState {
                 .take_ticket(ticket)
                 .await?
                 .ok_or(HubError::Unauthorized("Invalid, expired or used ticket"))?;
-            let (user, expires_at) = value
-                .split_once(':')
-                .and_then(|(user, exp)| Some((user.parse::<Uuid>().ok()?, exp.parse().ok()?)))
-                .ok_or(HubError::Unauthorized("Invalid ticket"))?;
-            if expires_at <= chrono::Utc::now().timestamp() {
+            let subscriber =
+                parse_ticket(&value).ok_or(HubError::Unauthorized("Invalid ticket"))?;
+            if subscriber.expires_at <= chrono::Utc::now().timestamp() {
                 return Err(HubError::Unauthorized("Token has expired"));
             }
-            return Ok(Subscriber { user, expires_at });
+            return Ok(subscriber);
         }
         let token = bearer_token(headers).ok_or(HubError::Unauthorized(
             "Missing credentials: a ticket or a bearer token",
@@ -350,6 +359,7 @@ impl HubState {
         Ok(Subscriber {
             user: claims.sub,
             expires_at: claims.exp,
+            issued_at: claims.iat,
         })
     }
 
@@ -372,6 +382,19 @@ impl HubState {
             Ok(())
         }
     }
+}
+
+/// A ticket's stored value: `<user>:<expires at>:<issued at>` (Unix seconds).
+fn parse_ticket(value: &str) -> Option<Subscriber> {
+    let mut parts = value.split(':');
+    let user = parts.next()?.parse().ok()?;
+    let expires_at = parts.next()?.parse().ok()?;
+    let issued_at = parts.next()?.parse().ok()?;
+    Some(Subscriber {
+        user,
+        expires_at,
+        issued_at,
+    })
 }
 
 fn requested_id(candidates: &[Option<&str>]) -> Result<Option<StreamId>, HubError> {

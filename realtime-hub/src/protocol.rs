@@ -187,6 +187,8 @@ pub enum CloseReason {
     TokenExpired,
     /// An in-band refresh presented an invalid token or another user's.
     InvalidRefresh,
+    /// The user ended every session (logout everywhere, password change): log in again.
+    SessionRevoked,
     /// This replica is shutting down.
     Shutdown,
     /// Redis failed while replaying; the client should simply reconnect.
@@ -203,6 +205,7 @@ impl CloseReason {
             Self::PingTimeout => 4000,
             Self::TokenExpired => 4001,
             Self::InvalidRefresh => 4003,
+            Self::SessionRevoked => 4004,
             Self::TooSlow => 4008,
         }
     }
@@ -214,6 +217,7 @@ impl CloseReason {
             Self::PingTimeout => "ping_timeout",
             Self::TokenExpired => "token_expired",
             Self::InvalidRefresh => "invalid_refresh",
+            Self::SessionRevoked => "session_revoked",
             Self::Shutdown => "shutdown",
             Self::ServerError => "server_error",
         }

@@ -34,7 +34,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use instaclone_shared::revocation;
+
 use crate::{
+    connection::Subscriber,
     protocol::{CloseReason, Delivery, Outbound},
     store::{PRESENCE_TTL, Store},
     telemetry,
@@ -82,6 +85,8 @@ struct LocalConnection {
     id: u64,
     queue: mpsc::Sender<Outbound>,
     control: Arc<ConnectionControl>,
+    /// When the connection's credentials were issued (Unix seconds).
+    issued_at: i64,
 }
 
 enum Command {
@@ -101,6 +106,8 @@ pub struct Registry {
     store: Store,
     /// This replica's id in presence records and its channel name.
     replica: String,
+    /// Where auth announces that a user's sessions were revoked (every replica listens).
+    revocations_channel: String,
 }
 
 /// A connection's place in the registry; leaving it (drop) unregisters the connection.
@@ -124,6 +131,7 @@ impl Registry {
             users: DashMap::new(),
             commands,
             next_id: AtomicU64::new(1),
+            revocations_channel: store.revocations_channel(),
             store,
             replica: Uuid::new_v4().simple().to_string(),
         });
@@ -134,14 +142,20 @@ impl Registry {
     /// for the user (it never fires if the manager has stopped).
     pub fn register(
         self: &Arc<Self>,
-        user: Uuid,
+        subscriber: &Subscriber,
         queue: mpsc::Sender<Outbound>,
         control: Arc<ConnectionControl>,
     ) -> (Registration, oneshot::Receiver<()>) {
+        let user = subscriber.user;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (done, subscribed) = oneshot::channel();
         let mut connections = self.users.entry(user).or_default();
-        connections.push(LocalConnection { id, queue, control });
+        connections.push(LocalConnection {
+            id,
+            queue,
+            control,
+            issued_at: subscriber.issued_at,
+        });
         // Queued while holding the entry: commands reach the manager in decision order.
         let _ = self.commands.send(Command::Join { user, done });
         drop(connections);
@@ -191,6 +205,17 @@ impl Registry {
                 telemetry::dropped("queue_full");
                 connection.control.stop(CloseReason::TooSlow);
             }
+        }
+    }
+
+    /// Closes `user`'s local connections opened with credentials issued before `at` (their
+    /// sessions were revoked).
+    pub fn revoke(&self, user: Uuid, at: i64) {
+        let Some(connections) = self.users.get(&user) else {
+            return;
+        };
+        for connection in connections.iter().filter(|c| c.issued_at < at) {
+            connection.control.stop(CloseReason::SessionRevoked);
         }
     }
 
@@ -283,8 +308,11 @@ pub async fn run_pubsub(
 ) {
     let mut presence = Presence::default();
     let mut first_link = true;
-    let channel = registry.store.replica_channel(&registry.replica);
-    while let Some((sink, stream)) = link(&client, &channel, &shutdown).await {
+    let channels = [
+        registry.store.replica_channel(&registry.replica),
+        registry.revocations_channel.clone(),
+    ];
+    while let Some((sink, stream)) = link(&client, &channels, &shutdown).await {
         if !first_link {
             // Entries may have lapsed, or Redis restarted empty, while the link was down.
             if let Err(error) = presence.refresh(&registry).await {
@@ -311,11 +339,11 @@ pub async fn run_pubsub(
     tracing::info!("pub/sub manager stopped");
 }
 
-/// Subscribes to `channel` on a new pub/sub connection, retrying with backoff; `None` once
+/// Subscribes to `channels` on a new pub/sub connection, retrying with backoff; `None` once
 /// `shutdown` is cancelled.
 async fn link(
     client: &redis::Client,
-    channel: &str,
+    channels: &[String],
     shutdown: &CancellationToken,
 ) -> Option<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -327,7 +355,7 @@ async fn link(
         let linked = match pubsub {
             Ok(pubsub) => {
                 let (mut sink, stream) = pubsub.split();
-                sink.subscribe(channel).await.map(|()| (sink, stream))
+                sink.subscribe(channels).await.map(|()| (sink, stream))
             }
             Err(error) => Err(error),
         };
@@ -424,11 +452,19 @@ impl Link {
 }
 
 impl Registry {
-    /// A message on this replica's channel: one line per recipient connected here.
+    /// A message on this replica's channel (one line per recipient connected here), or a
+    /// revocation announcement.
     fn dispatch(&self, message: &redis::Msg) {
         let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) else {
             return;
         };
+        if message.get_channel_name() == self.revocations_channel {
+            match revocation::parse_announcement(payload) {
+                Some((user, at)) => self.revoke(user, at),
+                None => tracing::warn!("ignoring a malformed revocation"),
+            }
+            return;
+        }
         for line in payload.split('\n') {
             match line.split_once(' ').and_then(|(user, rest)| {
                 Some((

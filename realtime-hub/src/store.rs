@@ -174,6 +174,11 @@ impl Store {
         self.settings.key("hub:replica:")
     }
 
+    /// The channel auth announces session revocations on.
+    pub fn revocations_channel(&self) -> String {
+        instaclone_shared::revocation::channel(&self.settings)
+    }
+
     /// The pub/sub channel of the replica with this id.
     pub fn replica_channel(&self, replica: &str) -> String {
         format!("{}{replica}", self.channel_prefix())

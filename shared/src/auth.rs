@@ -298,6 +298,8 @@ pub struct AuthUser {
     pub session_id: Uuid,
     /// Unix time at which the token stops being valid.
     pub expires_at: i64,
+    /// Unix time at which the token was issued.
+    pub issued_at: i64,
 }
 
 impl<S> FromRequestParts<S> for AuthUser
@@ -315,6 +317,7 @@ where
             id: claims.sub,
             session_id: claims.sid,
             expires_at: claims.exp,
+            issued_at: claims.iat,
         })
     }
 }

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `POST /internal/users` `{email, username?, passwordHash}` | 201 [`UserRecord`]; 409 taken; 400 invalid |
 //! | `GET /internal/users/by-email?email=` | [`UserCredentials`]; 404 |
+//! | `PUT /internal/users/{id}/password` `{passwordHash}` | [`UserRecord`]; 404 |
 //! | `GET /internal/users/{id}` | [`UserRecord`]; 404 |
 //! | `GET /internal/users/{id}/followers?limit=&cursor=` | [`IdPage`] of follower ids; 404 unknown user |
 //! | `GET /internal/users/{id}/following?limit=&cursor=` | [`IdPage`] of followed ids; 404 unknown user |
@@ -184,6 +185,19 @@ impl UsersClient {
             .get(self.url("/internal/users/by-email"))
             .query(&[("email", email)]);
         optional(self.send(request).await)
+    }
+
+    /// Replaces `id`'s password hash.
+    pub async fn set_password_hash(
+        &self,
+        id: Uuid,
+        password_hash: &str,
+    ) -> Result<UserRecord, ClientError> {
+        let request = self
+            .http
+            .put(self.url(&format!("/internal/users/{id}/password")))
+            .json(&serde_json::json!({ "passwordHash": password_hash }));
+        self.send(request).await
     }
 
     pub async fn get_user(&self, id: Uuid) -> Result<Option<UserRecord>, ClientError> {

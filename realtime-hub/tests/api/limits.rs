@@ -1,5 +1,6 @@
 //! Abuse from outside: one token opening socket after socket, one address opening many for
-//! different users, a client guessing tickets, and a plain GET trying to burn a ticket.
+//! different users, a client guessing tickets, a plain GET trying to burn a ticket; and a user
+//! ending every session, whose sockets close and whose old tokens stop working.
 
 use std::time::Duration;
 
@@ -170,4 +171,40 @@ async fn a_plain_get_does_not_use_up_a_ticket() {
         .await
         .expect("the ticket was used up by the plain GET");
     expect_connected(&mut socket).await;
+}
+
+#[tokio::test]
+async fn revoking_a_users_sessions_closes_their_sockets_and_refuses_their_old_tokens() {
+    use instaclone_shared::revocation::Revocations;
+
+    let env = TestEnv::new();
+    let replica = spawn_replica(&env).await;
+    let user = Uuid::now_v7();
+    let token = env.access_token(user);
+    let mut socket = ws_connect(&replica, &token, "").await;
+    expect_connected(&mut socket).await;
+    let bystander = env.access_token(Uuid::now_v7());
+    let mut other = ws_connect(&replica, &bystander, "").await;
+    expect_connected(&mut other).await;
+
+    // What auth does on "log out everywhere": tokens issued before this moment stop counting.
+    let revocations = Revocations::new(env.redis().await, env.settings.redis.clone());
+    let at = chrono::Utc::now().timestamp() + 5;
+    revocations
+        .revoke_all(user, at, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        crate::helpers::close_code(&mut socket, Duration::from_secs(5)).await,
+        Some(4004)
+    );
+    let (status, _, body) = refused(&replica, Some(&token), "").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
+    // Nobody else is touched.
+    crate::helpers::assert_silent(&mut other, Duration::from_millis(300)).await;
 }

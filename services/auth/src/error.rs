@@ -28,6 +28,9 @@ pub enum AuthError {
     Invalid(String),
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// A password change with the wrong current password.
+    #[error("wrong current password")]
+    WrongPassword,
     #[error("too many failed login attempts")]
     RateLimited { retry_after_secs: u64 },
     #[error("missing bearer token")]
@@ -69,6 +72,7 @@ impl From<AuthError> for ApiError {
         match error {
             AuthError::Invalid(message) => ApiError::bad_request(message),
             AuthError::InvalidCredentials => ApiError::unauthorized(INVALID_CREDENTIALS),
+            AuthError::WrongPassword => ApiError::forbidden("Current password is incorrect"),
             AuthError::RateLimited { retry_after_secs } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many failed login attempts, try again later",

@@ -27,6 +27,7 @@ use instaclone_shared::{
     config::Settings,
     db,
     health::Dependency,
+    revocation::Revocations,
     server::{ServiceApp, StartupError, service_router},
 };
 use tokio_util::sync::CancellationToken;
@@ -66,6 +67,7 @@ pub async fn build_with_options(
     let state = AuthState {
         verifier,
         sessions: SessionStore::new(redis.clone(), settings.redis.clone(), issuer.refresh_ttl()),
+        revocations: Revocations::new(redis.clone(), settings.redis.clone()),
         issuer,
         users,
         limiter: LoginRateLimiter::new(redis.clone(), settings.redis.clone(), options.login_limits),

@@ -16,6 +16,7 @@ use instaclone_shared::{
     client_address::ClientAddressPolicy,
     clients::{NewUser, UserRecord, UsersClient},
     http::{ApiJson, Envelope},
+    revocation::Revocations,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -35,6 +36,8 @@ pub struct AuthState {
     pub issuer: TokenIssuer,
     pub users: UsersClient,
     pub sessions: SessionStore,
+    /// "Every session of this user ends now" (logout everywhere, password change).
+    pub revocations: Revocations,
     pub limiter: LoginRateLimiter,
     pub passwords: PasswordHasherPool,
     pub addresses: Arc<ClientAddressPolicy>,
@@ -46,6 +49,8 @@ pub fn router(state: AuthState) -> Router {
         .route("/auth/login", post(login))
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
+        .route("/auth/logout-all", post(logout_all))
+        .route("/auth/password", post(change_password))
         .with_state(state)
 }
 
@@ -85,6 +90,13 @@ pub struct SignedIn {
 #[derive(Debug, Serialize)]
 pub struct LoggedOut {
     message: &'static str,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    current_password: String,
+    new_password: String,
 }
 
 /// Every validation problem of a request in one 400, so a client fixes them all at once.
@@ -224,6 +236,10 @@ async fn refresh(
     let span = tracing::Span::current();
     span.record("user_id", tracing::field::display(claims.sub));
     span.record("session_id", tracing::field::display(claims.sid));
+    if state.revocations.is_revoked(claims.sub, claims.iat).await? {
+        state.sessions.revoke(claims.sub, claims.sid).await?;
+        return Err(AuthError::SessionEnded);
+    }
 
     // Sign first: once the session has moved on, the client must get the new pair.
     let (refresh_token, next) = state
@@ -256,4 +272,78 @@ async fn logout(
     Ok(Envelope::ok(LoggedOut {
         message: "Logged out",
     }))
+}
+
+/// Ends every session of the caller (every device, this one included) and closes their live
+/// realtime connections; access tokens already issued stop counting at the hub at once and
+/// elsewhere when they expire.
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn logout_all(
+    State(state): State<AuthState>,
+    user: AuthUser,
+) -> Result<Envelope<LoggedOut>, AuthError> {
+    revoke_every_session(&state, user.id).await?;
+    state.sessions.revoke(user.id, user.session_id).await?;
+    tracing::info!("logged out of every session");
+    Ok(Envelope::ok(LoggedOut {
+        message: "Logged out of every session",
+    }))
+}
+
+async fn revoke_every_session(state: &AuthState, user: Uuid) -> Result<(), AuthError> {
+    let now = chrono::Utc::now().timestamp();
+    state
+        .revocations
+        .revoke_all(user, now, state.issuer.refresh_ttl())
+        .await?;
+    ::metrics::counter!("auth_sessions_revoked_total").increment(1);
+    Ok(())
+}
+
+/// Changes the caller's password: the current one must be given (and failures count against
+/// the account's login limit, so a stolen access token cannot guess it), every session ends,
+/// and the caller gets a fresh session.
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn change_password(
+    State(state): State<AuthState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    user: AuthUser,
+    ApiJson(body): ApiJson<ChangePasswordRequest>,
+) -> Result<Envelope<TokenPair>, AuthError> {
+    let (current, new) = match (
+        LoginPassword::parse(body.current_password),
+        NewPassword::parse(body.new_password),
+    ) {
+        (Ok(current), Ok(new)) => (current, new),
+        (current, new) => return Err(invalid([current.err(), new.err()])),
+    };
+    let record = state
+        .users
+        .get_user(user.id)
+        .await?
+        .ok_or(AuthError::SessionEnded)?;
+    let email = Email::parse(&record.email).map_err(AuthError::Invalid)?;
+    let address = state.addresses.client_address(peer, &headers);
+    let ticket = match state.limiter.admit(&email, address).await? {
+        Admission::Admitted(ticket) => ticket,
+        Admission::Limited { retry_after } => {
+            return Err(AuthError::RateLimited {
+                retry_after_secs: retry_after_secs(retry_after),
+            });
+        }
+    };
+    if check_credentials(&state, &email, current).await?.is_none() {
+        return Err(AuthError::WrongPassword);
+    }
+    state.limiter.succeeded(ticket).await?;
+    let password_hash = state.passwords.hash(new.into_secret()).await?;
+    state
+        .users
+        .set_password_hash(user.id, &password_hash)
+        .await?;
+    revoke_every_session(&state, user.id).await?;
+    state.sessions.revoke(user.id, user.session_id).await?;
+    tracing::info!("password changed; every session ended");
+    Ok(Envelope::ok(start_session(&state, user.id).await?))
 }

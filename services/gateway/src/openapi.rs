@@ -228,6 +228,10 @@ fn schemas() -> Value {
             "required": ["email", "password"], "properties": {
                 "email": {"type": "string", "format": "email"}, "password": string,
             }},
+        "ChangePasswordRequest": {"type": "object", "additionalProperties": false,
+            "required": ["currentPassword", "newPassword"], "properties": {
+                "currentPassword": string, "newPassword": {"type": "string", "minLength": 8},
+            }},
         "UpdateProfileRequest": {"type": "object", "additionalProperties": false, "properties": {
             "username": string, "displayName": nullable, "bio": nullable, "avatarUrl": nullable,
         }},

@@ -264,6 +264,34 @@ pub const PUBLIC_ROUTES: &[PublicRoute] = &[
         ),
     ),
     route(
+        Method::POST,
+        "/auth/logout-all",
+        to(Auth),
+        AccessToken,
+        doc(
+            "End every session of the caller: no refresh token works any more and live realtime \
+             connections close (4004)",
+            200,
+            Nothing,
+        ),
+    ),
+    route(
+        Method::POST,
+        "/auth/password",
+        to(Auth),
+        AccessToken,
+        with_body(
+            doc(
+                "Change the password (the current one is required): every session ends, the \
+                 caller gets a new one",
+                200,
+                One("TokenPair"),
+            ),
+            "ChangePasswordRequest",
+            &[400, 403, 429],
+        ),
+    ),
+    route(
         Method::GET,
         "/users/me",
         to(Users),

@@ -5,7 +5,7 @@
 use axum::{
     Router,
     extract::State,
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use instaclone_shared::{
     auth::InternalCaller,
@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/internal/users", post(create_user))
         .route("/internal/users/by-email", get(find_by_email))
         .route("/internal/users/{id}", get(get_user))
+        .route("/internal/users/{id}/password", put(set_password))
         .route("/internal/users/{id}/followers", get(followers_page))
         .route("/internal/users/{id}/following", get(following_page))
 }
@@ -57,6 +58,34 @@ async fn create_user(
         .await?;
     tracing::info!(user_id = %user.id, "user created");
     Ok(Envelope::created(user.into_record()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SetPasswordBody {
+    password_hash: String,
+}
+
+/// `PUT /internal/users/{id}/password`: a new password hash (auth has verified the old password
+/// and revokes the sessions).
+#[tracing::instrument(skip(state, body))]
+async fn set_password(
+    _caller: InternalCaller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<SetPasswordBody>,
+) -> Result<Envelope<UserRecord>, ApiError> {
+    let password_hash = PasswordHash::parse(&body.password_hash)?;
+    if !state.store.set_password_hash(id, &password_hash).await? {
+        return Err(UsersError::UserNotFound.into());
+    }
+    let user = state
+        .store
+        .get_user(id)
+        .await?
+        .ok_or(UsersError::UserNotFound)?;
+    tracing::info!(user_id = %id, "password changed");
+    Ok(Envelope::ok(user.into_record()))
 }
 
 #[derive(Debug, Deserialize)]

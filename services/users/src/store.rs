@@ -166,6 +166,21 @@ impl Store {
         .await?)
     }
 
+    /// Replaces the user's password hash; `false` when there is no such user.
+    pub async fn set_password_hash(
+        &self,
+        id: Uuid,
+        password_hash: &PasswordHash,
+    ) -> Result<bool, UsersError> {
+        let updated =
+            sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
+                .bind(id)
+                .bind(password_hash.as_str())
+                .execute(&self.pool)
+                .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
     async fn user_exists(&self, id: Uuid) -> Result<bool, UsersError> {
         Ok(
             sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")

@@ -2,6 +2,7 @@
 //! The auth service against real Redis and a real users service (on a real PostgreSQL), both
 //! started in-process on port 0 per test.
 
+mod account;
 mod helpers;
 mod login;
 mod outage;

@@ -12,6 +12,9 @@ const DESIGN_ROUTES: &[(&str, &str)] = &[
     ("post", "/auth/login"),
     ("post", "/auth/refresh"),
     ("post", "/auth/logout"),
+    // Beyond the original's routes (docs/security.md): account-wide session revocation.
+    ("post", "/auth/logout-all"),
+    ("post", "/auth/password"),
     ("get", "/users/me"),
     ("patch", "/users/me"),
     ("get", "/users/{id}"),
