@@ -132,18 +132,12 @@ async fn an_id_the_server_no_longer_has_gets_resync_then_live_delivery() {
 
 /// The id of the newest entry of `user`'s stream.
 async fn live_id(env: &TestEnv, user: Uuid) -> String {
-    let mut redis = env.redis().await;
-    let key = env.settings.redis.key(&format!("stream:{{{user}}}"));
-    let newest: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
-        .arg(&key)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    newest.into_iter().next().expect("the stream has entries").0
+    let store = instaclone_realtime_hub::store::Store::new(
+        env.redis().await,
+        env.settings.redis.clone(),
+        env.settings.hub.stream_max_len,
+    );
+    store.head(user).await.unwrap().to_string()
 }
 
 #[tokio::test]
