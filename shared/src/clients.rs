@@ -6,6 +6,7 @@
 //! | `POST /internal/users` `{email, username?, passwordHash}` | 201 [`UserRecord`]; 409 taken; 400 invalid |
 //! | `GET /internal/users/by-email?email=` | [`UserCredentials`]; 404 |
 //! | `PUT /internal/users/{id}/password` `{passwordHash}` | [`UserRecord`]; 404 |
+//! | `DELETE /internal/users/{id}` | `{id}`; 404 |
 //! | `GET /internal/users/{id}` | [`UserRecord`]; 404 |
 //! | `GET /internal/users/{id}/followers?limit=&cursor=` | [`IdPage`] of follower ids; 404 unknown user |
 //! | `GET /internal/users/{id}/following?limit=&cursor=` | [`IdPage`] of followed ids; 404 unknown user |
@@ -185,6 +186,12 @@ impl UsersClient {
             .get(self.url("/internal/users/by-email"))
             .query(&[("email", email)]);
         optional(self.send(request).await)
+    }
+
+    /// Deletes the account `id` (its follows too); `NotFound` when there is none.
+    pub async fn delete_user(&self, id: Uuid) -> Result<(), ClientError> {
+        let request = self.http.delete(self.url(&format!("/internal/users/{id}")));
+        self.send::<serde_json::Value>(request).await.map(drop)
     }
 
     /// Replaces `id`'s password hash.

@@ -20,6 +20,7 @@ use uuid::Uuid;
 pub mod event_type {
     pub const USER_FOLLOWED: &str = "user.followed";
     pub const USER_UNFOLLOWED: &str = "user.unfollowed";
+    pub const USER_DELETED: &str = "user.deleted";
     pub const POST_CREATED: &str = "post.created";
     pub const POST_DELETED: &str = "post.deleted";
     pub const NOTIFICATION_CREATED: &str = "notification.created";
@@ -141,6 +142,18 @@ pub struct UserUnfollowed {
 
 impl EventData for UserUnfollowed {
     const TYPE: &'static str = event_type::USER_UNFOLLOWED;
+}
+
+/// An account was deleted (its follows were removed first, each with its `user.unfollowed`):
+/// what it owns elsewhere (posts, notification history) goes too.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserDeleted {
+    pub user_id: Uuid,
+}
+
+impl EventData for UserDeleted {
+    const TYPE: &'static str = event_type::USER_DELETED;
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -9,7 +9,7 @@ use axum::{
     Router,
     extract::{ConnectInfo, FromRef, State},
     http::HeaderMap,
-    routing::post,
+    routing::{delete, post},
 };
 use instaclone_shared::{
     auth::{AuthUser, TokenIssuer, TokenKind, TokenVerifier, bearer_token},
@@ -51,6 +51,7 @@ pub fn router(state: AuthState) -> Router {
         .route("/auth/logout", post(logout))
         .route("/auth/logout-all", post(logout_all))
         .route("/auth/password", post(change_password))
+        .route("/auth/account", delete(delete_account))
         .with_state(state)
 }
 
@@ -90,6 +91,12 @@ pub struct SignedIn {
 #[derive(Debug, Serialize)]
 pub struct LoggedOut {
     message: &'static str,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteAccountRequest {
+    password: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,7 +289,7 @@ async fn logout_all(
     State(state): State<AuthState>,
     user: AuthUser,
 ) -> Result<Envelope<LoggedOut>, AuthError> {
-    revoke_every_session(&state, user.id).await?;
+    revoke_every_session(&state, user.id, chrono::Utc::now().timestamp()).await?;
     state.sessions.revoke(user.id, user.session_id).await?;
     tracing::info!("logged out of every session");
     Ok(Envelope::ok(LoggedOut {
@@ -290,11 +297,11 @@ async fn logout_all(
     }))
 }
 
-async fn revoke_every_session(state: &AuthState, user: Uuid) -> Result<(), AuthError> {
-    let now = chrono::Utc::now().timestamp();
+/// Tokens of `user` issued before `at` (Unix seconds) stop counting, everywhere.
+async fn revoke_every_session(state: &AuthState, user: Uuid, at: i64) -> Result<(), AuthError> {
     state
         .revocations
-        .revoke_all(user, now, state.issuer.refresh_ttl())
+        .revoke_all(user, at, state.issuer.refresh_ttl())
         .await?;
     ::metrics::counter!("auth_sessions_revoked_total").increment(1);
     Ok(())
@@ -318,13 +325,34 @@ async fn change_password(
         (Ok(current), Ok(new)) => (current, new),
         (current, new) => return Err(invalid([current.err(), new.err()])),
     };
+    confirm_password(&state, &user, peer, &headers, current).await?;
+    let password_hash = state.passwords.hash(new.into_secret()).await?;
+    state
+        .users
+        .set_password_hash(user.id, &password_hash)
+        .await?;
+    revoke_every_session(&state, user.id, chrono::Utc::now().timestamp()).await?;
+    state.sessions.revoke(user.id, user.session_id).await?;
+    tracing::info!("password changed; every session ended");
+    Ok(Envelope::ok(start_session(&state, user.id).await?))
+}
+
+/// Checks that `password` is the caller's, under the account's login limit (failures count, so
+/// a stolen access token cannot be used to guess it): 403 when it is not, 429 when limited.
+async fn confirm_password(
+    state: &AuthState,
+    user: &AuthUser,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    password: LoginPassword,
+) -> Result<(), AuthError> {
     let record = state
         .users
         .get_user(user.id)
         .await?
         .ok_or(AuthError::SessionEnded)?;
     let email = Email::parse(&record.email).map_err(AuthError::Invalid)?;
-    let address = state.addresses.client_address(peer, &headers);
+    let address = state.addresses.client_address(peer, headers);
     let ticket = match state.limiter.admit(&email, address).await? {
         Admission::Admitted(ticket) => ticket,
         Admission::Limited { retry_after } => {
@@ -333,17 +361,32 @@ async fn change_password(
             });
         }
     };
-    if check_credentials(&state, &email, current).await?.is_none() {
+    if check_credentials(state, &email, password).await?.is_none() {
         return Err(AuthError::WrongPassword);
     }
     state.limiter.succeeded(ticket).await?;
-    let password_hash = state.passwords.hash(new.into_secret()).await?;
-    state
-        .users
-        .set_password_hash(user.id, &password_hash)
-        .await?;
-    revoke_every_session(&state, user.id).await?;
+    Ok(())
+}
+
+/// Deletes the caller's account (the password is required): its follows and the account go in
+/// the users service, which announces `user.deleted` for its posts and notifications; every
+/// session ends and live realtime connections close.
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
+async fn delete_account(
+    State(state): State<AuthState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    user: AuthUser,
+    ApiJson(body): ApiJson<DeleteAccountRequest>,
+) -> Result<Envelope<LoggedOut>, AuthError> {
+    let password = LoginPassword::parse(body.password).map_err(AuthError::Invalid)?;
+    confirm_password(&state, &user, peer, &headers, password).await?;
+    state.users.delete_user(user.id).await?;
+    // Tokens of this very second die too: nothing of the account may outlive it.
+    revoke_every_session(&state, user.id, chrono::Utc::now().timestamp() + 1).await?;
     state.sessions.revoke(user.id, user.session_id).await?;
-    tracing::info!("password changed; every session ended");
-    Ok(Envelope::ok(start_session(&state, user.id).await?))
+    tracing::info!("account deleted");
+    Ok(Envelope::ok(LoggedOut {
+        message: "Account deleted",
+    }))
 }

@@ -228,6 +228,8 @@ fn schemas() -> Value {
             "required": ["email", "password"], "properties": {
                 "email": {"type": "string", "format": "email"}, "password": string,
             }},
+        "DeleteAccountRequest": {"type": "object", "additionalProperties": false,
+            "required": ["password"], "properties": {"password": string}},
         "ChangePasswordRequest": {"type": "object", "additionalProperties": false,
             "required": ["currentPassword", "newPassword"], "properties": {
                 "currentPassword": string, "newPassword": {"type": "string", "minLength": 8},

@@ -292,6 +292,22 @@ pub const PUBLIC_ROUTES: &[PublicRoute] = &[
         ),
     ),
     route(
+        Method::DELETE,
+        "/auth/account",
+        to(Auth),
+        AccessToken,
+        with_body(
+            doc(
+                "Delete the caller's account (the password is required): its follows, posts and \
+                 notifications go, every session ends and live connections close",
+                200,
+                Nothing,
+            ),
+            "DeleteAccountRequest",
+            &[400, 403, 429],
+        ),
+    ),
+    route(
         Method::GET,
         "/users/me",
         to(Users),

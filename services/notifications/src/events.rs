@@ -36,7 +36,9 @@ use instaclone_shared::{
     backoff::Backoff,
     clients::{ClientError, IdPage, UsersClient},
     config::AmqpSettings,
-    events::{EventEnvelope, NotificationCreated, PostCreated, UserFollowed, event_type},
+    events::{
+        EventEnvelope, NotificationCreated, PostCreated, UserDeleted, UserFollowed, event_type,
+    },
 };
 use mongodb::bson;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +78,7 @@ pub fn queue_spec(settings: &AmqpSettings) -> QueueSpec {
         routing_keys: vec![
             event_type::USER_FOLLOWED.to_owned(),
             event_type::POST_CREATED.to_owned(),
+            event_type::USER_DELETED.to_owned(),
         ],
         delivery_limit: DELIVERY_LIMIT,
     }
@@ -199,8 +202,10 @@ impl EventProcessor {
         read_progress: bool,
     ) -> Result<Processed, HandlerError> {
         let mut processed = Processed::default();
+        self.on_deletions(events, &mut processed).await?;
         let ours: Vec<&EventEnvelope> = events
             .iter()
+            .filter(|event| event.event_type != event_type::USER_DELETED)
             .filter(|event| {
                 let is_ours = matches!(
                     event.event_type.as_str(),
@@ -257,6 +262,38 @@ impl EventProcessor {
             }
         }
         Ok(processed)
+    }
+
+    /// A deleted account's history goes with it (idempotent: deleting again deletes nothing).
+    async fn on_deletions(
+        &self,
+        events: &[EventEnvelope],
+        processed: &mut Processed,
+    ) -> Result<(), HandlerError> {
+        for event in events
+            .iter()
+            .filter(|event| event.event_type == event_type::USER_DELETED)
+        {
+            match event.data::<UserDeleted>() {
+                Ok(deleted) => {
+                    let removed = self
+                        .store
+                        .delete_history(deleted.user_id)
+                        .await
+                        .map_err(transient)?;
+                    tracing::info!(user = %deleted.user_id, removed, "deleted account's notifications removed");
+                    processed.outcomes.insert(
+                        event.id,
+                        Outcome::Handled {
+                            notifications: 0,
+                            inserted: 0,
+                        },
+                    );
+                }
+                Err(error) => processed.reject(event, error.to_string()),
+            }
+        }
+        Ok(())
     }
 
     /// One `follow` notification per event, all stored and emitted together.

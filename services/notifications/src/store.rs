@@ -299,6 +299,15 @@ impl NotificationStore {
             .collect())
     }
 
+    /// Deletes every notification of `recipient` (their account was deleted); returns how many.
+    pub async fn delete_history(&self, recipient: Uuid) -> Result<u64, NotificationsError> {
+        Ok(self
+            .notifications
+            .delete_many(doc! { "userId": recipient.to_string() })
+            .await?
+            .deleted_count)
+    }
+
     /// Deletes notifications created before `notifications_before` and the progress records of
     /// events completed before `progress_before`; returns how many of each.
     pub async fn delete_older_than(

@@ -21,8 +21,8 @@ use instaclone_shared::{
     amqp::{Batch, HandlerError, QueueSpec, Rejected},
     config::AmqpSettings,
     events::{
-        EventEnvelope, EventError, PostCreated, PostDeleted, UserFollowed, UserUnfollowed,
-        event_type,
+        EventEnvelope, EventError, PostCreated, PostDeleted, UserDeleted, UserFollowed,
+        UserUnfollowed, event_type,
     },
 };
 use mongodb::bson::oid::ObjectId;
@@ -47,6 +47,7 @@ pub fn queue_spec(settings: &AmqpSettings) -> QueueSpec {
             event_type::POST_DELETED,
             event_type::USER_FOLLOWED,
             event_type::USER_UNFOLLOWED,
+            event_type::USER_DELETED,
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -71,6 +72,8 @@ struct Changes {
     deleted: BTreeMap<Uuid, Vec<String>>,
     /// (follower, followed, change), in the batch's order.
     follows: Vec<(Uuid, Uuid, Change)>,
+    /// Deleted accounts, whose posts go.
+    deleted_users: Vec<Uuid>,
 }
 
 impl Changes {
@@ -107,6 +110,10 @@ impl Changes {
                 let follow = event.data::<UserUnfollowed>()?;
                 let pair = (follow.follower_id, follow.followed_id, Change::Remove);
                 self.follows.push(pair);
+            }
+            event_type::USER_DELETED => {
+                self.deleted_users
+                    .push(event.data::<UserDeleted>()?.user_id);
             }
             _ => {}
         }
@@ -147,6 +154,14 @@ pub async fn handle(feed: &HomeFeed, batch: &Batch) -> Result<Vec<Rejected>, Han
             .await
             .map_err(PostsError::from)?;
         backfill(feed, follower, followed, change).await?;
+    }
+    for &user in &changes.deleted_users {
+        let removed = feed
+            .store
+            .delete_all_by_author(user)
+            .await
+            .map_err(PostsError::from)?;
+        tracing::info!(%user, removed, "deleted account's posts removed");
     }
     Ok(rejected)
 }

@@ -272,6 +272,19 @@ impl PostStore {
         Ok(DeleteOutcome::Deleted(post))
     }
 
+    /// Deletes every live post of `author` (their account was deleted; their followers' timelines
+    /// were emptied of them by the `user.unfollowed` of each removed follow). Idempotent.
+    pub async fn delete_all_by_author(&self, author: Uuid) -> Result<u64, StoreError> {
+        let (_, stored_now) = now_millis();
+        let mut filter = live();
+        filter.insert("userId", author.to_string());
+        let result = self
+            .posts
+            .update_many(filter, doc! { "$set": { "deletedAt": stored_now } })
+            .await?;
+        Ok(result.modified_count)
+    }
+
     /// A page of the posts of `authors`, newest first (see [`PageRequest`]).
     ///
     /// MongoDB serves `userId $in [...]` sorted by `_id` with a merge of one index range per

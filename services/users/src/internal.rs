@@ -29,7 +29,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/internal/users", post(create_user))
         .route("/internal/users/by-email", get(find_by_email))
-        .route("/internal/users/{id}", get(get_user))
+        .route("/internal/users/{id}", get(get_user).delete(delete_user))
         .route("/internal/users/{id}/password", put(set_password))
         .route("/internal/users/{id}/followers", get(followers_page))
         .route("/internal/users/{id}/following", get(following_page))
@@ -58,6 +58,27 @@ async fn create_user(
         .await?;
     tracing::info!(user_id = %user.id, "user created");
     Ok(Envelope::created(user.into_record()))
+}
+
+/// `DELETE /internal/users/{id}`: the account and its follows (auth has checked the password
+/// and ends the sessions); 404 when there is no such user.
+#[tracing::instrument(skip(state))]
+async fn delete_user(
+    _caller: InternalCaller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Envelope<DeletedUser>, ApiError> {
+    if !state.store.delete_user(id).await? {
+        return Err(UsersError::UserNotFound.into());
+    }
+    state.relay_waker.wake();
+    tracing::info!(user_id = %id, "account deleted");
+    Ok(Envelope::ok(DeletedUser { id }))
+}
+
+#[derive(Debug, serde::Serialize)]
+struct DeletedUser {
+    id: Uuid,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,7 +8,7 @@
 //! first follower and the 100,000th.
 
 use chrono::{DateTime, Utc};
-use instaclone_shared::events::{EventEnvelope, UserFollowed, UserUnfollowed};
+use instaclone_shared::events::{EventEnvelope, UserDeleted, UserFollowed, UserUnfollowed};
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -164,6 +164,70 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// Deletes the account: every follow edge it is part of (each other user's counter adjusted
+    /// and a `user.unfollowed` written, so followers' feeds and caches forget it), then the user,
+    /// with a `user.deleted` for what other services keep of it; one transaction. `false` when
+    /// there is no such user.
+    pub async fn delete_user(&self, id: Uuid) -> Result<bool, UsersError> {
+        let mut tx = self.pool.begin().await?;
+        let exists: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        let edges: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "DELETE FROM follows WHERE follower_id = $1 OR followed_id = $1 \
+             RETURNING follower_id, followed_id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let followed: Vec<Uuid> = edges
+            .iter()
+            .filter(|(f, _)| *f == id)
+            .map(|(_, d)| *d)
+            .collect();
+        let followers: Vec<Uuid> = edges
+            .iter()
+            .filter(|(_, d)| *d == id)
+            .map(|(f, _)| *f)
+            .collect();
+        sqlx::query(
+            "UPDATE users SET \
+                 followers_count = followers_count - CASE WHEN id = ANY($1) THEN 1 ELSE 0 END, \
+                 following_count = following_count - CASE WHEN id = ANY($2) THEN 1 ELSE 0 END \
+             WHERE id = ANY($1) OR id = ANY($2)",
+        )
+        .bind(&followed)
+        .bind(&followers)
+        .execute(&mut *tx)
+        .await?;
+        let mut events = Vec::with_capacity(edges.len() + 1);
+        for (follower_id, followed_id) in edges {
+            events.push(EventEnvelope::new(
+                SERVICE_NAME,
+                &UserUnfollowed {
+                    follower_id,
+                    followed_id,
+                },
+            )?);
+        }
+        events.push(EventEnvelope::new(
+            SERVICE_NAME,
+            &UserDeleted { user_id: id },
+        )?);
+        insert_outbox_batch(&mut tx, &events).await?;
+        sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Replaces the user's password hash; `false` when there is no such user.
@@ -426,6 +490,24 @@ async fn adjust_counters(
     .bind(delta)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Many events in one statement.
+async fn insert_outbox_batch(
+    tx: &mut Transaction<'static, Postgres>,
+    events: &[EventEnvelope],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = events.iter().map(|event| event.id).collect();
+    let bodies: Vec<String> = events
+        .iter()
+        .map(|event| String::from_utf8(event.to_vec()).unwrap_or_default())
+        .collect();
+    sqlx::query("INSERT INTO outbox (id, event) SELECT * FROM UNNEST($1::uuid[], $2::jsonb[])")
+        .bind(ids)
+        .bind(bodies)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

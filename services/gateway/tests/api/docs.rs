@@ -15,6 +15,7 @@ const DESIGN_ROUTES: &[(&str, &str)] = &[
     // Beyond the original's routes (docs/security.md): account-wide session revocation.
     ("post", "/auth/logout-all"),
     ("post", "/auth/password"),
+    ("delete", "/auth/account"),
     ("get", "/users/me"),
     ("patch", "/users/me"),
     ("get", "/users/{id}"),

@@ -1,5 +1,5 @@
-//! A follow/unfollow/follow cycle notifies the followed user once per window, and history and
-//! bookkeeping are deleted past their retention.
+//! A follow/unfollow/follow cycle notifies the followed user once per window; history and
+//! bookkeeping are deleted past their retention, and with the account they belong to.
 
 use chrono::{TimeDelta, Utc};
 use instaclone_notifications::{
@@ -115,4 +115,46 @@ async fn history_and_progress_records_are_deleted_past_their_retention() {
         .collect();
     ids.sort();
     assert_eq!(ids, ["new-done", "old-open"]);
+}
+
+#[tokio::test]
+async fn a_deleted_accounts_history_goes_with_it() {
+    let app = spawn_app().await;
+    let (bob, bob_token) = app.user("bob").await;
+    let (carol, carol_token) = app.user("carol").await;
+    for recipient in [bob, carol] {
+        let event = app
+            .publish(&UserFollowed {
+                follower_id: Uuid::now_v7(),
+                followed_id: recipient,
+                follower_username: "ada".to_owned(),
+            })
+            .await;
+        app.wait_until_handled(event.id).await;
+    }
+    app.publish(&instaclone_shared::events::UserDeleted { user_id: bob })
+        .await;
+    let notifications = app
+        .database()
+        .await
+        .collection::<bson::Document>("notifications");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while notifications
+        .count_documents(doc! { "userId": bob.to_string() })
+        .await
+        .unwrap()
+        > 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob's history is still there"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(app.my_notifications(&bob_token, "").await.is_empty());
+    assert_eq!(
+        app.my_notifications(&carol_token, "").await.len(),
+        1,
+        "others keep theirs"
+    );
 }
