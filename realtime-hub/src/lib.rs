@@ -198,6 +198,8 @@ pub async fn build(
         ],
         settings,
     );
+    // Outermost, so preflights are answered before routing (which would 405 them).
+    let router = router.layer(browser_cors());
     let notification_queue = consumer::queue_spec(&settings.amqp);
     amqp::declare_work_queue_at_startup(&settings.amqp, &notification_queue, settings.startup_wait)
         .await?;
@@ -236,6 +238,21 @@ pub async fn build(
         tracker.wait().await;
     });
     Ok(app)
+}
+
+/// Browsers on another origin (the web app is served by the gateway) may open the SSE stream and
+/// ask for tickets: credentials travel in the URL (a ticket) or the `Authorization` header, never
+/// in cookies, so any origin is safe.
+fn browser_cors() -> tower_http::cors::CorsLayer {
+    use axum::http::{Method, header};
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("last-event-id"),
+        ])
 }
 
 /// Keeps the failed-handshake table to recent offenders.

@@ -169,3 +169,33 @@ async fn an_in_band_refresh_keeps_the_connection_and_a_bad_one_closes_it() {
         Some(4003)
     );
 }
+
+/// The web app (served by the gateway, another origin) opens SSE streams and asks for tickets.
+#[tokio::test]
+async fn browsers_on_another_origin_may_use_the_hub() {
+    let env = TestEnv::new();
+    let replica = spawn_replica(&env).await;
+    let preflight = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, replica.http("/realtime/ticket"))
+        .header("origin", "http://localhost:3000")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    let (status, body) = ticket(&replica, &env.access_token(Uuid::now_v7())).await;
+    assert_eq!(status, 201);
+    let stream = reqwest::Client::new()
+        .get(replica.http(&format!(
+            "/realtime/sse?ticket={}",
+            body["data"]["ticket"].as_str().unwrap()
+        )))
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["access-control-allow-origin"], "*");
+}

@@ -6,7 +6,7 @@
 //! trust the gateway) and spends one request of the caller's rate-limit budget in Redis. The home
 //! feed is cached per user for a few seconds, dropped on the user's own writes and, through a
 //! consumer of `post.created`/`post.deleted`, for the author's followers. The gateway also serves the OpenAPI document and
-//! Swagger UI, and its own `/health`, `/ready` and `/metrics`.
+//! Swagger UI, the web app at `/` ([`web`]), and its own `/health`, `/ready` and `/metrics`.
 //!
 //! A library (`build` returns a bound [`ServiceApp`]) with a thin `main.rs`, so the all-in-one
 //! binary and the tests start it in-process.
@@ -18,6 +18,7 @@ mod openapi;
 mod proxy;
 mod rate_limit;
 pub mod routes;
+mod web;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -355,7 +356,9 @@ pub async fn build_in_process(
 
     let mut router = service_router(
         SERVICE_NAME,
-        proxied_routes(gateway)?.merge(openapi::router()),
+        proxied_routes(gateway)?
+            .merge(openapi::router())
+            .merge(web::router()),
         vec![Dependency::Redis(redis)],
         settings,
     );

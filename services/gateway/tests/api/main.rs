@@ -9,3 +9,4 @@ mod original_sequence;
 mod proxying;
 mod rate_limit;
 mod upstream_failures;
+mod web;
