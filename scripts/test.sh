@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-services.sh
+scripts/ensure-browser.sh
 exec cargo test --workspace --locked "$@"

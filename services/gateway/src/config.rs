@@ -50,6 +50,9 @@ pub struct GatewaySettings {
     pub feed_cache_ttl: Duration,
     /// Upstream connections kept idle per service, for reuse.
     pub pool_max_idle_per_service: usize,
+    /// Where browsers reach the realtime hub (`PUBLIC_HUB_URL`), told to the web app; unset, it
+    /// uses the page's host on port 3005.
+    pub public_hub_url: Option<String>,
 }
 
 impl Default for GatewaySettings {
@@ -68,6 +71,7 @@ impl Default for GatewaySettings {
             client_addresses: ClientAddressPolicy::default(),
             feed_cache_ttl: Duration::from_secs(10),
             pool_max_idle_per_service: 256,
+            public_hub_url: None,
         }
     }
 }
@@ -149,6 +153,7 @@ impl GatewaySettings {
                 None => defaults.feed_cache_ttl,
                 Some(v) => Duration::from_secs(parse("FEED_CACHE_TTL_SECS", &v)?),
             },
+            public_hub_url: get("PUBLIC_HUB_URL").map(|url| url.trim().to_owned()),
             pool_max_idle_per_service: match get("GATEWAY_POOL_MAX_IDLE") {
                 None => defaults.pool_max_idle_per_service,
                 Some(v) => parse("GATEWAY_POOL_MAX_IDLE", &v)?,

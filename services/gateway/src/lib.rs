@@ -346,6 +346,7 @@ pub async fn build_in_process(
         }
     };
     let cors = cors_layer(&gateway_settings.cors);
+    let web = web::router(gateway_settings.public_hub_url.clone());
     let gateway = Gateway {
         verifier,
         proxy,
@@ -356,9 +357,7 @@ pub async fn build_in_process(
 
     let mut router = service_router(
         SERVICE_NAME,
-        proxied_routes(gateway)?
-            .merge(openapi::router())
-            .merge(web::router()),
+        proxied_routes(gateway)?.merge(openapi::router()).merge(web),
         vec![Dependency::Redis(redis)],
         settings,
     );

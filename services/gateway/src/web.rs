@@ -21,9 +21,18 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     )
 }
 
-/// `/`, `/app.js`, `/instaclone.js` and `/style.css`.
-pub fn router() -> Router {
+/// `/`, `/app.js`, `/instaclone.js`, `/style.css`, and `/config.json` telling the app where the
+/// realtime hub is (`hub_url`; `null`: the page's host on port 3005).
+pub fn router(hub_url: Option<String>) -> Router {
+    let config = serde_json::json!({ "hubUrl": hub_url }).to_string();
     Router::new()
+        .route(
+            "/config.json",
+            get(move || {
+                let config = config.clone();
+                async move { ([(CONTENT_TYPE, "application/json")], config) }
+            }),
+        )
         .route(
             "/",
             get(|| async { asset("text/html; charset=utf-8", INDEX) }),

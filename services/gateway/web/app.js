@@ -2,7 +2,8 @@
 
 import { ApiError, InstacloneClient } from "/instaclone.js";
 
-const client = new InstacloneClient();
+const config = await fetch("/config.json").then((r) => r.json()).catch(() => ({}));
+const client = new InstacloneClient({ hubUrl: config.hubUrl ?? undefined });
 const $ = (id) => document.getElementById(id);
 let live = null;
 let feedCursor = null;
@@ -37,12 +38,14 @@ async function start() {
   live?.stop();
   live = client.realtime({
     onNotification: (notification) => {
-      addNotification(notification, true);
-      refreshBadge();
+      if (addNotification(notification, true) && !notification.read) {
+        setBadge(Number($("badge").dataset.count ?? 0) + 1);
+      }
     },
     onResync: () => loadNotifications(),
     onState: (state, transport) => {
       $("live-state").textContent = transport ? `${state} (${transport})` : state;
+      if (state === "live") refreshBadge();
       if (state === "signed-out") render();
     },
   });
@@ -76,8 +79,9 @@ async function loadNotifications() {
   await refreshBadge();
 }
 
+/** Adds a notification to the list unless it is there already; `true` when added. */
 function addNotification(notification, atTop) {
-  if (shown.has(notification._id)) return;
+  if (shown.has(notification._id)) return false;
   shown.add(notification._id);
   const item = text("li", "");
   item.dataset.id = notification._id;
@@ -96,13 +100,24 @@ function addNotification(notification, atTop) {
   }
   if (atTop) $("notifications").prepend(item);
   else $("notifications").append(item);
+  return true;
 }
 
-async function refreshBadge() {
-  const count = await client.unreadCount();
+function setBadge(count) {
   $("badge").textContent = String(count);
   $("badge").dataset.count = String(count);
 }
+
+/** The unread count from the server (the badge keeps its last value while offline). */
+async function refreshBadge() {
+  try {
+    setBadge(await client.unreadCount());
+  } catch {
+    /* offline or signed out: corrected on the next refresh */
+  }
+}
+
+window.addEventListener("online", () => refreshBadge());
 
 $("account-form").addEventListener("submit", async (event) => {
   event.preventDefault();
