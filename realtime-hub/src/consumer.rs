@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use instaclone_shared::{
     amqp::{Batch, HandlerError, QueueSpec, Rejected},
     config::AmqpSettings,
-    events::{EventData, EventEnvelope, event_type},
+    events::{EventData, EventEnvelope, NotificationsRead, event_type},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -30,7 +30,10 @@ const DELIVERY_LIMIT: u32 = 10;
 pub fn queue_spec(settings: &AmqpSettings) -> QueueSpec {
     QueueSpec {
         name: settings.queue(QUEUE),
-        routing_keys: vec![event_type::NOTIFICATION_CREATED.to_owned()],
+        routing_keys: vec![
+            event_type::NOTIFICATION_CREATED.to_owned(),
+            event_type::NOTIFICATIONS_READ.to_owned(),
+        ],
         delivery_limit: DELIVERY_LIMIT,
     }
 }
@@ -63,11 +66,31 @@ impl EventData for RawNotifications {
     const TYPE: &'static str = event_type::NOTIFICATION_CREATED;
 }
 
-/// Handles the `notification.created` events of one batch together.
+/// Handles the `notification.created` events of one batch together, and pushes each
+/// `notifications.read` to the user's connections.
 pub async fn handle_batch(store: &Store, batch: Batch) -> Result<Vec<Rejected>, HandlerError> {
     let mut rejected = Vec::new();
     let mut ready = Vec::new();
-    for event in batch.events {
+    let (reads, created): (Vec<_>, Vec<_>) = batch
+        .events
+        .into_iter()
+        .partition(|event| event.event_type == event_type::NOTIFICATIONS_READ);
+    for event in reads {
+        match event.data::<NotificationsRead>() {
+            Ok(read) => {
+                let json = format!(r#"{{"unreadCount":{}}}"#, read.unread_count);
+                store
+                    .publish_control(read.user_id, &json)
+                    .await
+                    .map_err(|error| HandlerError::Transient(format!("Redis: {error}")))?;
+            }
+            Err(error) => rejected.push(Rejected {
+                event,
+                reason: error.to_string(),
+            }),
+        }
+    }
+    for event in created {
         match routed(&event) {
             Ok(notifications) => ready.extend(notifications),
             Err(reason) => rejected.push(Rejected { event, reason }),

@@ -147,6 +147,8 @@ pub enum ControlMessage {
     Refreshed { expires_at: i64 },
     /// A client message could not be understood; the connection stays open.
     Error { message: String },
+    /// The user's unread count changed elsewhere (marked read in another tab or device).
+    Unread { count: u64 },
 }
 
 impl ControlMessage {
@@ -157,6 +159,7 @@ impl ControlMessage {
             Self::Reconnect { .. } => "reconnect",
             Self::Refreshed { .. } => "refreshed",
             Self::Error { .. } => "error",
+            Self::Unread { .. } => "unread",
         }
     }
 

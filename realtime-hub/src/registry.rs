@@ -38,7 +38,7 @@ use instaclone_shared::revocation;
 
 use crate::{
     connection::Subscriber,
-    protocol::{CloseReason, Delivery, Outbound},
+    protocol::{CloseReason, ControlMessage, Delivery, Outbound},
     store::{PRESENCE_TTL, Store},
     telemetry,
 };
@@ -205,6 +205,16 @@ impl Registry {
                 telemetry::dropped("queue_full");
                 connection.control.stop(CloseReason::TooSlow);
             }
+        }
+    }
+
+    /// Queues a control message on every local connection of `user`.
+    pub fn control(&self, user: Uuid, message: ControlMessage) {
+        let Some(connections) = self.users.get(&user) else {
+            return;
+        };
+        for connection in connections.iter() {
+            Self::offer(connection, Outbound::Control(message.clone()));
         }
     }
 
@@ -466,6 +476,10 @@ impl Registry {
             return;
         }
         for line in payload.split('\n') {
+            if let Some((user, control)) = control_line(line) {
+                self.control(user, control);
+                continue;
+            }
             match line.split_once(' ').and_then(|(user, rest)| {
                 Some((
                     user.parse::<Uuid>().ok()?,
@@ -477,4 +491,15 @@ impl Registry {
             }
         }
     }
+}
+
+/// A control line of the pub/sub protocol: `<user> ctl <json>` (see `Store::publish_control`).
+/// Only the unread count travels this way so far.
+fn control_line(line: &str) -> Option<(Uuid, ControlMessage)> {
+    let (user, rest) = line.split_once(' ')?;
+    let json = rest.strip_prefix("ctl ")?;
+    let user = user.parse().ok()?;
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    let count = value.get("unreadCount")?.as_u64()?;
+    Some((user, ControlMessage::Unread { count }))
 }

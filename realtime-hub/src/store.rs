@@ -92,6 +92,15 @@ end
 return results
 ";
 
+/// KEYS[1] the user's presence set. ARGV: now (ms), channel prefix, user, JSON. Sends a control
+/// line `<user> ctl <json>` to every replica holding a connection of the user.
+const CONTROL_SCRIPT: &str = r"
+for _, replica in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
+  redis.call('PUBLISH', ARGV[2] .. replica, ARGV[3] .. ' ctl ' .. ARGV[4])
+end
+return 1
+";
+
 /// Returns `false` when the stream does not exist, else
 /// `{max-deleted-entry-id, first entry id or false, entries after ARGV[1]}`, read atomically so
 /// "was anything after this id trimmed?" and "what comes after it" agree.
@@ -140,6 +149,7 @@ pub struct Store {
     settings: RedisSettings,
     stream_max_len: u64,
     append: Script,
+    control: Script,
     replay: Script,
 }
 
@@ -150,6 +160,7 @@ impl Store {
             settings,
             stream_max_len,
             append: Script::new(APPEND_SCRIPT),
+            control: Script::new(CONTROL_SCRIPT),
             replay: Script::new(REPLAY_SCRIPT),
         }
     }
@@ -172,6 +183,20 @@ impl Store {
 
     fn channel_prefix(&self) -> String {
         self.settings.key("hub:replica:")
+    }
+
+    /// Sends `json` (a control message) to every connection of `user`, on whichever replicas.
+    pub async fn publish_control(&self, user: Uuid, json: &str) -> redis::RedisResult<()> {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.control
+            .key(self.presence_key(user))
+            .arg(now)
+            .arg(self.channel_prefix())
+            .arg(user.to_string())
+            .arg(json)
+            .invoke_async::<i64>(&mut self.redis.clone())
+            .await
+            .map(drop)
     }
 
     /// The channel auth announces session revocations on.

@@ -24,6 +24,7 @@ pub mod event_type {
     pub const POST_CREATED: &str = "post.created";
     pub const POST_DELETED: &str = "post.deleted";
     pub const NOTIFICATION_CREATED: &str = "notification.created";
+    pub const NOTIFICATIONS_READ: &str = "notifications.read";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -210,6 +211,19 @@ pub struct NotificationCreated {
 
 impl EventData for NotificationCreated {
     const TYPE: &'static str = event_type::NOTIFICATION_CREATED;
+}
+
+/// A user marked notifications read (one, or all): their unread count is now `unread_count`.
+/// The hub pushes it to every connection of the user, so every tab and device updates its badge.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationsRead {
+    pub user_id: Uuid,
+    pub unread_count: u64,
+}
+
+impl EventData for NotificationsRead {
+    const TYPE: &'static str = event_type::NOTIFICATIONS_READ;
 }
 
 #[cfg(test)]

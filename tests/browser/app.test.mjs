@@ -1,7 +1,7 @@
 // The web app in Debian's Chromium (playwright-core, no browser download), run by
 // tests/browser.rs against a platform it started: BASE_URL is the gateway, CHROMIUM the browser.
 // Two users in two browser contexts; the second has WebSocket blocked, so its live notifications
-// come over SSE. Exits non-zero, saying what failed, on any failure.
+// come over SSE, and later opens a second tab whose badge the first tab's mark-all-read clears. Exits non-zero, saying what failed, on any failure.
 
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
@@ -73,9 +73,15 @@ try {
   assert.equal(ids.length, 4, `bob's list: ${ids.join(", ")}`);
   assert.equal(new Set(ids).size, 4, "a notification is shown twice");
 
-  // Mark all read clears the badge.
+  // Bob has a second tab open; marking all read in the first clears the badge in both, the
+  // second told by the hub (no polling).
+  const secondTab = await bob.context.newPage();
+  await secondTab.goto(base);
+  await secondTab.locator("#live-state", { hasText: "live" }).waitFor({ timeout: WAIT });
+  await secondTab.locator("#badge[data-count='4']").waitFor({ timeout: WAIT });
   await bob.page.getByRole("button", { name: "Mark all read" }).click();
   await bob.page.locator("#badge[data-count='0']").waitFor({ timeout: WAIT });
+  await secondTab.locator("#badge[data-count='0']").waitFor({ timeout: WAIT });
 
   // Ada's feed holds her four posts and pages with "load more" only when there is more.
   assert.equal(await ada.page.locator("#feed li").count(), 4);

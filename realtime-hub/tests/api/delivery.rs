@@ -149,3 +149,43 @@ async fn the_dedupe_window_is_bounded_per_user_and_expires_with_the_stream() {
         assert!(ttl > 0, "{key} has no expiry ({ttl})");
     }
 }
+
+/// A new unread count (marked read in one tab) reaches every connection of the user, on every
+/// replica, and nobody else's.
+#[tokio::test]
+async fn an_unread_count_is_pushed_to_every_connection_of_the_user() {
+    use crate::helpers::{Frame, expect_connected, next_frame};
+    use instaclone_shared::events::{EventEnvelope, NotificationsRead};
+
+    let env = TestEnv::new();
+    let (replica_a, replica_b) = (spawn_replica(&env).await, spawn_replica(&env).await);
+    let publisher = Publisher::new(&env).await;
+    let user = Uuid::now_v7();
+    let token = env.access_token(user);
+    let mut tabs = vec![
+        ws_connect(&replica_a, &token, "").await,
+        ws_connect(&replica_b, &token, "").await,
+    ];
+    for tab in &mut tabs {
+        expect_connected(tab).await;
+    }
+    let mut stranger = ws_connect(&replica_a, &env.access_token(Uuid::now_v7()), "").await;
+    expect_connected(&mut stranger).await;
+
+    let read = NotificationsRead {
+        user_id: user,
+        unread_count: 3,
+    };
+    publisher
+        .publish_event(&EventEnvelope::new("test", &read).unwrap())
+        .await;
+    for tab in &mut tabs {
+        match next_frame(tab, Duration::from_secs(5)).await {
+            Some(Frame::Json(frame)) => {
+                assert_eq!(frame, serde_json::json!({ "type": "unread", "count": 3 }));
+            }
+            other => panic!("expected the unread count, got {other:?}"),
+        }
+    }
+    assert_silent(&mut stranger, Duration::from_millis(300)).await;
+}

@@ -43,6 +43,16 @@ async function start() {
       }
     },
     onResync: () => loadNotifications(),
+    // Marked read in another tab or device: the hub pushes the new count.
+    onUnread: (count) => {
+      setBadge(count);
+      if (count === 0) {
+        for (const item of $("notifications").querySelectorAll("li.unread")) {
+          item.className = "";
+          item.querySelector("button")?.remove();
+        }
+      }
+    },
     onState: (state, transport) => {
       $("live-state").textContent = transport ? `${state} (${transport})` : state;
       if (state === "live") refreshBadge();

@@ -201,6 +201,11 @@ export class InstacloneClient {
   }
 }
 
+/** Control events whose SSE `id:` is a stream position. */
+function hasPosition(type) {
+  return type === "connected" || type === "resync";
+}
+
 /** Close codes of the protocol (docs/realtime-hub.md) after which reconnecting is pointless. */
 const SIGNED_OUT = 4004;
 const TOKEN_EXPIRED = 4001;
@@ -307,9 +312,9 @@ export class RealtimeConnection {
     const handle = (event) => {
       const data = event.data ? JSON.parse(event.data) : {};
       if (event.type === "notification") this.#frame({ type: "notification", id: event.lastEventId, data });
-      else this.#frame({ ...data, type: event.type, id: event.lastEventId || data.id });
+      else this.#frame({ ...data, type: event.type, id: hasPosition(event.type) ? event.lastEventId || data.id : undefined });
     };
-    for (const name of ["connected", "notification", "resync", "reconnect", "error"]) {
+    for (const name of ["connected", "notification", "resync", "reconnect", "unread", "error"]) {
       source.addEventListener(name, (event) => {
         if (name === "error" && !(event instanceof MessageEvent)) return;
         handle(event);

@@ -10,8 +10,9 @@ use axum::{
     routing::{get, post},
 };
 use instaclone_shared::{
+    amqp::EventPublisher,
     auth::{AuthUser, TokenVerifier},
-    events::NotificationView,
+    events::{EventEnvelope, NotificationView, NotificationsRead},
     http::{ApiError, ApiPath, ApiQuery, Envelope},
 };
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,8 @@ use crate::{
 pub struct AppState {
     pub store: NotificationStore,
     pub verifier: TokenVerifier,
+    /// Tells the hub the new unread count after a mark-read, for the user's other tabs.
+    pub publisher: EventPublisher,
 }
 
 impl FromRef<AppState> for TokenVerifier {
@@ -111,6 +114,7 @@ async fn mark_read(
 ) -> Result<Envelope<NotificationView>, ApiError> {
     let id = NotificationId::parse(&id)?;
     let notification = state.store.mark_read(user.id, id).await?;
+    announce_unread(&state, user.id).await;
     Ok(Envelope::ok(notification.view()?))
 }
 
@@ -121,5 +125,36 @@ async fn mark_all_read(
     user: AuthUser,
 ) -> Result<Envelope<MarkedRead>, ApiError> {
     let updated = state.store.mark_all_read(user.id).await?;
+    announce_unread(&state, user.id).await;
     Ok(Envelope::ok(MarkedRead { updated }))
+}
+
+/// Publishes the user's unread count (`notifications.read`) so the hub updates every tab and
+/// device of theirs. A hint, not a record: if it cannot go out, the write still stands and each
+/// client's badge is corrected on its next count read; the failure is logged and counted.
+async fn announce_unread(state: &AppState, user: uuid::Uuid) {
+    let announced = async {
+        let unread_count = state
+            .store
+            .unread_count(user)
+            .await
+            .map_err(|e| e.to_string())?;
+        let event = EventEnvelope::new(
+            crate::SERVICE_NAME,
+            &NotificationsRead {
+                user_id: user,
+                unread_count,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let publish = state.publisher.publish(&event);
+        match tokio::time::timeout(std::time::Duration::from_secs(2), publish).await {
+            Ok(published) => published.map_err(|e| e.to_string()),
+            Err(_) => Err("RabbitMQ did not confirm within 2 s".to_owned()),
+        }
+    };
+    if let Err(error) = announced.await {
+        ::metrics::counter!("notifications_unread_announce_failures_total").increment(1);
+        tracing::warn!(%user, %error, "could not announce the unread count");
+    }
 }

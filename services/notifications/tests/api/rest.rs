@@ -160,3 +160,45 @@ async fn bad_input_is_a_clear_400_and_no_token_a_401() {
     let (status, _) = app.get("/notifications/read-all", &token).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn marking_read_announces_the_new_unread_count() {
+    use instaclone_shared::events::NotificationsRead;
+
+    let app = spawn_app().await;
+    let bob = Uuid::now_v7();
+    let bob_token = app.env.access_token(bob);
+    followed_by_many(&app, bob, &bob_token, 3).await;
+    let queue = app
+        .env
+        .observer_queue(&app.amqp.1, &["notifications.read"])
+        .await;
+    let id = app.my_notifications(&bob_token, "").await[0]["_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(&format!("/notifications/{id}/read"), &bob_token)
+        .await;
+    app.post("/notifications/read-all", &bob_token).await;
+    let events = instaclone_shared::testing::TestEnv::receive_events(
+        &app.amqp.1,
+        &queue,
+        2,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let counts: Vec<NotificationsRead> = events.iter().map(|e| e.data().unwrap()).collect();
+    assert_eq!(
+        counts,
+        [
+            NotificationsRead {
+                user_id: bob,
+                unread_count: 2
+            },
+            NotificationsRead {
+                user_id: bob,
+                unread_count: 0
+            },
+        ]
+    );
+}
