@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-services.sh
 scripts/ensure-browser.sh
+scripts/ensure-kubernetes-tools.sh
 exec cargo test --workspace --locked "$@"
