@@ -25,7 +25,7 @@ use crate::{
     domain::{Email, LoginPassword, NewPassword, Username},
     error::AuthError,
     password::PasswordHasherPool,
-    rate_limit::{Admission, LoginRateLimiter, retry_after_secs},
+    rate_limit::{Admission, AttemptTicket, LoginRateLimiter, retry_after_secs},
     sessions::{Rotation, SessionStore},
 };
 
@@ -160,16 +160,14 @@ async fn login(
     };
 
     let address = state.addresses.client_address(peer, &headers);
-    let ticket = match state.limiter.admit(&email, address).await? {
-        Admission::Admitted(ticket) => ticket,
-        Admission::Limited { retry_after } => {
-            count_login("rate_limited");
-            tracing::info!(%address, "login rate limited");
-            return Err(AuthError::RateLimited {
-                retry_after_secs: retry_after_secs(retry_after),
-            });
-        }
-    };
+    let ticket = admit_attempt(&state, &email, address)
+        .await
+        .inspect_err(|error| {
+            if matches!(error, AuthError::RateLimited { .. }) {
+                count_login("rate_limited");
+                tracing::info!(%address, "login rate limited");
+            }
+        })?;
 
     match check_credentials(&state, &email, password).await {
         Ok(Some(user)) => {
@@ -289,20 +287,21 @@ async fn logout_all(
     State(state): State<AuthState>,
     user: AuthUser,
 ) -> Result<Envelope<LoggedOut>, AuthError> {
-    revoke_every_session(&state, user.id, chrono::Utc::now().timestamp()).await?;
-    state.sessions.revoke(user.id, user.session_id).await?;
+    end_every_session(&state, &user, chrono::Utc::now().timestamp()).await?;
     tracing::info!("logged out of every session");
     Ok(Envelope::ok(LoggedOut {
         message: "Logged out of every session",
     }))
 }
 
-/// Tokens of `user` issued before `at` (Unix seconds) stop counting, everywhere.
-async fn revoke_every_session(state: &AuthState, user: Uuid, at: i64) -> Result<(), AuthError> {
+/// Every session of `user` ends: tokens issued before `at` (Unix seconds) stop counting
+/// everywhere, and the caller's own session record goes at once.
+async fn end_every_session(state: &AuthState, user: &AuthUser, at: i64) -> Result<(), AuthError> {
     state
         .revocations
-        .revoke_all(user, at, state.issuer.refresh_ttl())
+        .revoke_all(user.id, at, state.issuer.refresh_ttl())
         .await?;
+    state.sessions.revoke(user.id, user.session_id).await?;
     ::metrics::counter!("auth_sessions_revoked_total").increment(1);
     Ok(())
 }
@@ -331,10 +330,24 @@ async fn change_password(
         .users
         .set_password_hash(user.id, &password_hash)
         .await?;
-    revoke_every_session(&state, user.id, chrono::Utc::now().timestamp()).await?;
-    state.sessions.revoke(user.id, user.session_id).await?;
+    end_every_session(&state, &user, chrono::Utc::now().timestamp()).await?;
     tracing::info!("password changed; every session ended");
     Ok(Envelope::ok(start_session(&state, user.id).await?))
+}
+
+/// A password attempt for `email` from `address`, under the login limits: the ticket to report
+/// its outcome with, or 429.
+async fn admit_attempt(
+    state: &AuthState,
+    email: &Email,
+    address: std::net::IpAddr,
+) -> Result<AttemptTicket, AuthError> {
+    match state.limiter.admit(email, address).await? {
+        Admission::Admitted(ticket) => Ok(ticket),
+        Admission::Limited { retry_after } => Err(AuthError::RateLimited {
+            retry_after_secs: retry_after_secs(retry_after),
+        }),
+    }
 }
 
 /// Checks that `password` is the caller's, under the account's login limit (failures count, so
@@ -353,14 +366,7 @@ async fn confirm_password(
         .ok_or(AuthError::SessionEnded)?;
     let email = Email::parse(&record.email).map_err(AuthError::Invalid)?;
     let address = state.addresses.client_address(peer, headers);
-    let ticket = match state.limiter.admit(&email, address).await? {
-        Admission::Admitted(ticket) => ticket,
-        Admission::Limited { retry_after } => {
-            return Err(AuthError::RateLimited {
-                retry_after_secs: retry_after_secs(retry_after),
-            });
-        }
-    };
+    let ticket = admit_attempt(state, &email, address).await?;
     if check_credentials(state, &email, password).await?.is_none() {
         return Err(AuthError::WrongPassword);
     }
@@ -383,8 +389,7 @@ async fn delete_account(
     confirm_password(&state, &user, peer, &headers, password).await?;
     state.users.delete_user(user.id).await?;
     // Tokens of this very second die too: nothing of the account may outlive it.
-    revoke_every_session(&state, user.id, chrono::Utc::now().timestamp() + 1).await?;
-    state.sessions.revoke(user.id, user.session_id).await?;
+    end_every_session(&state, &user, chrono::Utc::now().timestamp() + 1).await?;
     tracing::info!("account deleted");
     Ok(Envelope::ok(LoggedOut {
         message: "Account deleted",

@@ -143,7 +143,7 @@ export class InstacloneClient {
   }
   async unreadCount() {
     const data = await this.request("GET", "/notifications/unread-count");
-    return typeof data === "number" ? data : Number(data?.count ?? data?.unreadCount ?? 0);
+    return Number(data.count);
   }
   /** @param {string} id */
   markRead(id) { return this.request("POST", `/notifications/${id}/read`); }
@@ -354,8 +354,8 @@ export class RealtimeConnection {
       default:
         break;
     }
-    if (frame.id && this.#isNewer(frame.id)) this.position = frame.id;
-    else if (frame.id && frame.type !== "notification") this.position = frame.id;
+    // A notification only ever moves the position forward; control frames set it.
+    if (frame.id && (frame.type !== "notification" || this.#isNewer(frame.id))) this.position = frame.id;
   }
 
   /** Stream ids are `<ms>-<seq>`, increasing. */

@@ -71,6 +71,15 @@ pub fn notification_id(event_id: Uuid, occurred_at: DateTime<Utc>, recipient: Uu
     ObjectId::from_bytes(bytes)
 }
 
+/// The lowest ObjectId of the second `at` falls in: ids compare by their leading time, so
+/// `_id >= first_id_at(t)` selects what was created from `t` on, through the `_id` index.
+fn first_id_at(at: DateTime<Utc>) -> ObjectId {
+    let seconds = u32::try_from(at.timestamp()).unwrap_or_default();
+    let mut bytes = [0_u8; 12];
+    bytes[..4].copy_from_slice(&seconds.to_be_bytes());
+    ObjectId::from_bytes(bytes)
+}
+
 impl NotificationDocument {
     /// A new, unread notification for `recipient` of the event `event_id` (which occurred at
     /// `occurred_at`), stored at `now`.
@@ -275,14 +284,11 @@ impl NotificationStore {
         let recipients: Vec<String> = pairs.iter().map(|(r, _, _)| r.to_string()).collect();
         let followers: Vec<String> = pairs.iter().map(|(_, f, _)| f.to_string()).collect();
         let asking: HashSet<String> = pairs.iter().map(|(_, _, e)| e.to_string()).collect();
-        let seconds = u32::try_from(since.timestamp()).unwrap_or_default();
-        let mut floor = [0_u8; 12];
-        floor[..4].copy_from_slice(&seconds.to_be_bytes());
         let found: Vec<NotificationDocument> = self
             .notifications
             .find(doc! {
                 "userId": { "$in": recipients },
-                "_id": { "$gte": ObjectId::from_bytes(floor) },
+                "_id": { "$gte": first_id_at(since) },
                 "type": NotificationKind::Follow.as_str(),
                 "data.followerId": { "$in": followers },
             })
@@ -315,12 +321,9 @@ impl NotificationStore {
         notifications_before: DateTime<Utc>,
         progress_before: DateTime<Utc>,
     ) -> Result<(u64, u64), NotificationsError> {
-        let seconds = u32::try_from(notifications_before.timestamp()).unwrap_or_default();
-        let mut bound = [0_u8; 12];
-        bound[..4].copy_from_slice(&seconds.to_be_bytes());
         let notifications = self
             .notifications
-            .delete_many(doc! { "_id": { "$lt": ObjectId::from_bytes(bound) } })
+            .delete_many(doc! { "_id": { "$lt": first_id_at(notifications_before) } })
             .await?
             .deleted_count;
         let progress = self
