@@ -12,10 +12,8 @@
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use axum::{
-    extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket},
-    response::sse::Event,
-};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
 use futures_util::{
     SinkExt, StreamExt,
     stream::{SplitSink, SplitStream},
@@ -25,15 +23,13 @@ use instaclone_shared::{
     backoff::Backoff,
 };
 use serde::Deserialize;
-use tokio::{
-    sync::{mpsc, oneshot, watch},
-    time::Instant,
-};
+use tokio::{sync::oneshot, time::Instant};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use uuid::Uuid;
 
 use crate::{
-    protocol::{CloseReason, ControlMessage, Delivery, Outbound, StreamId},
+    protocol::{CloseReason, ControlMessage, Delivery, Outbound, StreamId, sse},
+    queue,
     registry::{ConnectionControl, Registry},
     store::{ReplayPage, Store},
     telemetry::{self, Transport},
@@ -82,7 +78,8 @@ pub struct Subscriber {
 /// The outgoing side of a connection.
 enum Writer {
     WebSocket(SplitSink<WebSocket, Message>),
-    Sse(mpsc::Sender<Event>),
+    /// Formatted events, handed to the response body one at a time.
+    Sse(futures_channel::mpsc::Sender<Bytes>),
 }
 
 #[derive(Debug)]
@@ -103,10 +100,11 @@ impl Writer {
                 .await
                 .map_err(|_| WriteFailed),
             Self::Sse(events) => {
-                let event = Event::default()
-                    .id(delivery.id.to_string())
-                    .event("notification")
-                    .data(&*delivery.notification_json);
+                let event = sse::event(
+                    "notification",
+                    Some(delivery.id),
+                    &delivery.notification_json,
+                );
                 events.send(event).await.map_err(|_| WriteFailed)
             }
         }
@@ -119,12 +117,8 @@ impl Writer {
                 .await
                 .map_err(|_| WriteFailed),
             Self::Sse(events) => {
-                let mut event = Event::default()
-                    .event(message.event_name())
-                    .data(message.to_json());
-                if let Some(position) = message.position() {
-                    event = event.id(position.to_string());
-                }
+                let event =
+                    sse::event(message.event_name(), message.position(), &message.to_json());
                 events.send(event).await.map_err(|_| WriteFailed)
             }
         }
@@ -137,7 +131,7 @@ impl Writer {
                 .await
                 .map_err(|_| WriteFailed),
             Self::Sse(events) => events
-                .send(Event::default().comment(""))
+                .send(Bytes::from_static(sse::HEARTBEAT))
                 .await
                 .map_err(|_| WriteFailed),
         }
@@ -163,7 +157,7 @@ impl Writer {
                         let notice = ControlMessage::Reconnect {
                             reason: reason.label(),
                         };
-                        let event = Event::default().event("reconnect").data(notice.to_json());
+                        let event = sse::event("reconnect", None, &notice.to_json());
                         let _ = events.send(event).await;
                     }
                 }
@@ -175,15 +169,14 @@ impl Writer {
 
 /// Serves an upgraded WebSocket until it ends.
 pub async fn serve_websocket(
-    context: ConnectionContext,
+    context: Arc<ConnectionContext>,
     socket: WebSocket,
     subscriber: Subscriber,
     resume: Resume,
 ) {
     let (sink, stream) = socket.split();
     let control = Arc::new(ConnectionControl::default());
-    let (queue_tx, queue_rx) = mpsc::channel(context.send_queue_capacity.max(1));
-    let (expiry_tx, expiry_rx) = watch::channel(subscriber.expires_at);
+    let (queue_tx, queue_rx) = queue::channel(context.send_queue_capacity);
     let (registration, subscribed) =
         context
             .registry
@@ -194,40 +187,43 @@ pub async fn serve_websocket(
         queue_tx,
         context.verifier.clone(),
         subscriber.user,
-        expiry_tx,
     ));
     let mut writer = Writer::WebSocket(sink);
     let session = Session {
         queue: queue_rx,
         subscribed,
-        expiry: expiry_rx,
+        expires_at: subscriber.expires_at,
         resume,
         user: subscriber.user,
     };
     let reason = drive(&context, &mut writer, &control, session).await;
     drop(registration);
-    writer.close(reason).await;
-    // Give the client the chance to answer our close frame, then stop reading regardless.
-    if tokio::time::timeout(CLOSE_GRACE, &mut reader)
-        .await
-        .is_err()
-    {
-        reader.abort();
-    }
+    // Boxed, like every step a connection takes once: inline, its state would be part of
+    // every connection's task for the connection's whole life.
+    Box::pin(async {
+        writer.close(reason).await;
+        // Give the client the chance to answer our close frame, then stop reading regardless.
+        if tokio::time::timeout(CLOSE_GRACE, &mut reader)
+            .await
+            .is_err()
+        {
+            reader.abort();
+        }
+    })
+    .await;
     telemetry::connection_closed(Transport::WebSocket, reason);
 }
 
 /// Serves an SSE stream: `events` is the sending side of the response body.
 pub async fn serve_sse(
-    context: ConnectionContext,
-    events: mpsc::Sender<Event>,
+    context: Arc<ConnectionContext>,
+    events: futures_channel::mpsc::Sender<Bytes>,
     subscriber: Subscriber,
     resume: Resume,
 ) {
     let control = Arc::new(ConnectionControl::default());
-    let (queue_tx, queue_rx) = mpsc::channel(context.send_queue_capacity.max(1));
+    let (queue_tx, queue_rx) = queue::channel(context.send_queue_capacity);
     // SSE clients cannot refresh in-band: they reconnect with a new ticket.
-    let (_expiry_tx, expiry_rx) = watch::channel(subscriber.expires_at);
     let (registration, subscribed) =
         context
             .registry
@@ -236,22 +232,24 @@ pub async fn serve_sse(
     let session = Session {
         queue: queue_rx,
         subscribed,
-        expiry: expiry_rx,
+        expires_at: subscriber.expires_at,
         resume,
         user: subscriber.user,
     };
     let reason = drive(&context, &mut writer, &control, session).await;
     drop(registration);
-    writer.close(reason).await;
+    Box::pin(writer.close(reason)).await;
     telemetry::connection_closed(Transport::Sse, reason);
 }
 
 /// What one connection's writer works from, besides the hub's context.
 struct Session {
-    queue: mpsc::Receiver<Outbound>,
+    queue: queue::Receiver<Outbound>,
     /// Fires once this replica is recorded as present for the user.
     subscribed: oneshot::Receiver<()>,
-    expiry: watch::Receiver<i64>,
+    /// Unix seconds; a `refreshed` control message (the reader's answer to an in-band
+    /// refresh) moves it.
+    expires_at: i64,
     resume: Resume,
     user: Uuid,
 }
@@ -314,7 +312,7 @@ async fn serve(
     let Session {
         mut queue,
         subscribed,
-        mut expiry,
+        expires_at,
         resume,
         user,
     } = session;
@@ -331,7 +329,17 @@ async fn serve(
     let connected = ControlMessage::Connected { id: after };
     stops.guard(writer.control(&connected)).await?;
     let mut delivered = Delivered { last: Some(after) };
-    replay(context, writer, stops, user, &mut delivered, check_gap).await?;
+    // Boxed here and below: a replay's state (Redis reads, retries) is only needed while it
+    // runs, and inline it would sit in every connection's task for its whole life.
+    Box::pin(replay(
+        context,
+        writer,
+        stops,
+        user,
+        &mut delivered,
+        check_gap,
+    ))
+    .await?;
 
     let transport = writer.transport();
     let heartbeat_every = match transport {
@@ -342,18 +350,13 @@ async fn serve(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let alive = &stops.control.alive;
     alive.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut expires = std::pin::pin!(tokio::time::sleep_until(deadline(
-        *expiry.borrow_and_update()
-    )));
+    let mut expires = std::pin::pin!(tokio::time::sleep_until(deadline(expires_at)));
     loop {
         tokio::select! {
             biased;
             () = &mut stops.shutdown => return Err(CloseReason::Shutdown),
             () = &mut stops.stopped => return Err(stops.control.reason()),
             () = &mut expires => return Err(CloseReason::TokenExpired),
-            Ok(()) = expiry.changed() => {
-                expires.as_mut().reset(deadline(*expiry.borrow_and_update()));
-            }
             _ = heartbeat.tick() => {
                 if transport == Transport::WebSocket
                     && !alive.swap(false, std::sync::atomic::Ordering::Relaxed)
@@ -373,9 +376,12 @@ async fn serve(
                     }
                 }
                 Some(Outbound::CatchUp) => {
-                    replay(context, writer, stops, user, &mut delivered, false).await?;
+                    Box::pin(replay(context, writer, stops, user, &mut delivered, false)).await?;
                 }
                 Some(Outbound::Control(message)) => {
+                    if let ControlMessage::Refreshed { expires_at } = *message {
+                        expires.as_mut().reset(deadline(expires_at));
+                    }
                     stops.guard(writer.control(&message)).await?;
                 }
             },
@@ -476,53 +482,71 @@ enum ClientMessage {
     Refresh { token: String },
 }
 
+/// What a client's message calls for.
+enum Answer {
+    /// Tell the client (the message was not understood).
+    Reply(ControlMessage),
+    /// The token was refreshed: confirm it, and the writer extends the connection's life.
+    Refreshed(ControlMessage),
+    /// A refresh with a token that is not valid or not this user's: close.
+    InvalidRefresh,
+}
+
+fn answer(text: &str, verifier: &TokenVerifier, user: Uuid) -> Answer {
+    match serde_json::from_str::<ClientMessage>(text) {
+        Ok(ClientMessage::Refresh { token }) => match verifier.verify(&token, TokenKind::Access) {
+            Ok(claims) if claims.sub == user => Answer::Refreshed(ControlMessage::Refreshed {
+                expires_at: claims.exp,
+            }),
+            _ => Answer::InvalidRefresh,
+        },
+        Err(error) => Answer::Reply(ControlMessage::Error {
+            message: format!("unknown message: {error}"),
+        }),
+    }
+}
+
 /// The reader: marks the connection alive on every frame, handles client messages, and stops
 /// the connection when the client goes away.
 async fn read_websocket(
     mut stream: SplitStream<WebSocket>,
     control: Arc<ConnectionControl>,
-    queue: mpsc::Sender<Outbound>,
+    queue: queue::Sender<Outbound>,
     verifier: TokenVerifier,
     user: Uuid,
-    expiry: watch::Sender<i64>,
 ) {
     while let Some(Ok(message)) = stream.next().await {
         control
             .alive
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let text = match message {
-            Message::Text(text) => text,
+        let answer = match message {
+            Message::Text(text) => answer(text.as_str(), &verifier, user),
             Message::Close(_) => break,
-            Message::Binary(_) => {
-                let reply = ControlMessage::Error {
-                    message: "binary frames are not part of this protocol".to_owned(),
-                };
-                let _ = queue.try_send(Outbound::Control(reply));
-                continue;
-            }
+            Message::Binary(_) => Answer::Reply(ControlMessage::Error {
+                message: "binary frames are not part of this protocol".to_owned(),
+            }),
             Message::Ping(_) | Message::Pong(_) => continue,
         };
-        match serde_json::from_str::<ClientMessage>(text.as_str()) {
-            Ok(ClientMessage::Refresh { token }) => {
-                match verifier.verify(&token, TokenKind::Access) {
-                    Ok(claims) if claims.sub == user => {
-                        expiry.send_replace(claims.exp);
-                        let reply = ControlMessage::Refreshed {
-                            expires_at: claims.exp,
-                        };
-                        let _ = queue.try_send(Outbound::Control(reply));
-                    }
-                    _ => {
-                        control.stop(CloseReason::InvalidRefresh);
+        match answer {
+            Answer::Reply(reply) => {
+                let _ = queue.try_send(Outbound::Control(Box::new(reply)));
+            }
+            Answer::Refreshed(reply) => {
+                // The writer moves the connection's expiry when it writes this, so it must not
+                // be dropped on a full queue. A queue full even of the headroom belongs to a
+                // client that sends but does not read.
+                match queue.send_control(Outbound::Control(Box::new(reply))) {
+                    Ok(()) => {}
+                    Err(queue::TrySendError::Full) => {
+                        control.stop(CloseReason::TooSlow);
                         return;
                     }
+                    Err(queue::TrySendError::Closed) => return,
                 }
             }
-            Err(error) => {
-                let reply = ControlMessage::Error {
-                    message: format!("unknown message: {error}"),
-                };
-                let _ = queue.try_send(Outbound::Control(reply));
+            Answer::InvalidRefresh => {
+                control.stop(CloseReason::InvalidRefresh);
+                return;
             }
         }
     }

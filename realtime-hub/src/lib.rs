@@ -17,6 +17,7 @@ pub mod admission;
 pub mod connection;
 pub mod consumer;
 pub mod protocol;
+mod queue;
 pub mod registry;
 pub mod store;
 pub mod telemetry;
@@ -25,12 +26,14 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
+    body::Body,
     extract::{
         ConnectInfo, FromRef, State,
         ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
+    http::header,
     http::{HeaderMap, StatusCode},
-    response::{IntoResponse, Response, Sse},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use base64::Engine;
@@ -64,7 +67,7 @@ pub const SERVICE_NAME: &str = "realtime-hub";
 /// Per-socket WebSocket buffers. Clients only send pongs and the occasional token refresh, so
 /// the read side needs little; tungstenite's defaults (128 KiB read buffer, unbounded write
 /// buffer, 64 MiB messages) would cost far more memory than the connection itself.
-const WS_READ_BUFFER: usize = 4 * 1024;
+const WS_READ_BUFFER: usize = 256;
 const WS_MAX_WRITE_BUFFER: usize = 256 * 1024;
 const WS_MAX_MESSAGE: usize = 16 * 1024;
 
@@ -125,7 +128,7 @@ struct HubInner {
     admission: Admission,
     addresses: ClientAddressPolicy,
     revocations: Revocations,
-    connections: ConnectionContext,
+    connections: Arc<ConnectionContext>,
     ticket_ttl: Duration,
     tracker: TaskTracker,
 }
@@ -166,7 +169,7 @@ pub async fn build(
             admission: admission.clone(),
             revocations: Revocations::new(redis.clone(), settings.redis.clone()),
             addresses: ClientAddressPolicy::new(settings.hub.trusted_proxies.clone()),
-            connections: ConnectionContext {
+            connections: Arc::new(ConnectionContext {
                 registry: registry.clone(),
                 store: store.clone(),
                 verifier,
@@ -174,7 +177,7 @@ pub async fn build(
                 send_queue_capacity: settings.hub.send_queue_capacity,
                 ws_ping_interval: settings.hub.ws_ping_interval,
                 sse_heartbeat_interval: settings.hub.sse_heartbeat_interval,
-            },
+            }),
             ticket_ttl: settings.hub.ticket_ttl,
             tracker: tracker.clone(),
         }),
@@ -211,6 +214,8 @@ pub async fn build(
         shutdown.clone(),
     )
     .await?;
+    // An idle SSE stream would otherwise cost hyper's two 8 KiB connection buffers.
+    app.serve_event_streams_on(&["/realtime/sse"]);
 
     app.spawn_task(registry::run_pubsub(
         registry,
@@ -244,7 +249,7 @@ pub async fn build(
 /// ask for tickets: credentials travel in the URL (a ticket) or the `Authorization` header, never
 /// in cookies, so any origin is safe.
 fn browser_cors() -> tower_http::cors::CorsLayer {
-    use axum::http::{Method, header};
+    use axum::http::Method;
     tower_http::cors::CorsLayer::new()
         .allow_origin(tower_http::cors::Any)
         .allow_methods([Method::GET, Method::POST])
@@ -477,18 +482,21 @@ async fn server_sent_events(
     ])?;
     let (subscriber, slot) = hub.admit(peer, &headers, query.ticket.as_deref()).await?;
     let resume = hub.resume_point(subscriber.user, requested).await?;
-    // Capacity 1: the connection's own bounded queue does the buffering; this only hands
-    // events to the response body as the socket accepts them.
-    let (events, body) = tokio::sync::mpsc::channel(1);
+    // One event in flight: the connection's own bounded queue does the buffering; this only
+    // hands events to the response body as the socket accepts them.
+    let (events, body) = futures_channel::mpsc::channel(0);
     let context = hub.inner.connections.clone();
     hub.inner.tracker.spawn(async move {
         connection::serve_sse(context, events, subscriber, resume).await;
         drop(slot);
     });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(body).map(Ok::<_, Infallible>);
     Ok((
-        [("x-accel-buffering", "no"), ("cache-control", "no-cache")],
-        Sse::new(stream),
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(body.map(Ok::<_, Infallible>)),
     )
         .into_response())
 }

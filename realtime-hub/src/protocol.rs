@@ -123,8 +123,9 @@ pub enum Outbound {
     /// This replica's pub/sub link was re-established: live messages may have been missed, so
     /// replay the stream after the last id this connection delivered.
     CatchUp,
-    /// A control message (e.g. the answer to an in-band token refresh).
-    Control(ControlMessage),
+    /// A control message (e.g. the answer to an in-band token refresh). Boxed: every
+    /// connection's queue allocates room for 32 of these up front, and they are rare.
+    Control(Box<ControlMessage>),
 }
 
 /// Messages that are not notifications. WebSocket: `{"type": ...}` text frames; SSE: the
@@ -289,5 +290,53 @@ mod tests {
         assert_eq!(connected.to_json(), r#"{"type":"connected","id":"5-1"}"#);
         assert_eq!(connected.position(), Some(id));
         assert_eq!(ControlMessage::Refreshed { expires_at: 7 }.position(), None);
+    }
+}
+
+/// The Server-Sent Events wire format, written by hand: the hub sends a handful of event kinds
+/// and formats each once, straight into the bytes the response body carries.
+pub mod sse {
+    use std::fmt::Write;
+
+    use bytes::Bytes;
+
+    use super::StreamId;
+
+    /// A comment line: keeps proxies and the client's own timeout from closing an idle stream.
+    pub const HEARTBEAT: &[u8] = b":\n\n";
+
+    /// One event: `id` (when given), `event`, and `data` as one `data:` line per line of it.
+    pub fn event(name: &str, id: Option<StreamId>, data: &str) -> Bytes {
+        let mut out = String::with_capacity(data.len() + name.len() + 48);
+        if let Some(id) = id {
+            let _ = writeln!(out, "id: {id}");
+        }
+        let _ = writeln!(out, "event: {name}");
+        // CRLF, LF and a lone CR all end a line in this format.
+        for line in data.split('\n') {
+            for part in line.strip_suffix('\r').unwrap_or(line).split('\r') {
+                let _ = writeln!(out, "data: {part}");
+            }
+        }
+        out.push('\n');
+        Bytes::from(out)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn every_line_of_the_data_is_its_own_data_field() {
+            let id: StreamId = "5-1".parse().expect("id");
+            assert_eq!(
+                event("notification", Some(id), "{\"a\":1}"),
+                "id: 5-1\nevent: notification\ndata: {\"a\":1}\n\n"
+            );
+            assert_eq!(
+                event("x", None, "one\r\ntwo\nthree\rfour"),
+                "event: x\ndata: one\ndata: two\ndata: three\ndata: four\n\n"
+            );
+        }
     }
 }

@@ -39,6 +39,7 @@ use instaclone_shared::revocation;
 use crate::{
     connection::Subscriber,
     protocol::{CloseReason, ControlMessage, Delivery, Outbound},
+    queue,
     store::{PRESENCE_TTL, Store},
     telemetry,
 };
@@ -83,7 +84,7 @@ impl ConnectionControl {
 
 struct LocalConnection {
     id: u64,
-    queue: mpsc::Sender<Outbound>,
+    queue: queue::Sender<Outbound>,
     control: Arc<ConnectionControl>,
     /// When the connection's credentials were issued (Unix seconds).
     issued_at: i64,
@@ -143,13 +144,16 @@ impl Registry {
     pub fn register(
         self: &Arc<Self>,
         subscriber: &Subscriber,
-        queue: mpsc::Sender<Outbound>,
+        queue: queue::Sender<Outbound>,
         control: Arc<ConnectionControl>,
     ) -> (Registration, oneshot::Receiver<()>) {
         let user = subscriber.user;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (done, subscribed) = oneshot::channel();
-        let mut connections = self.users.entry(user).or_default();
+        let mut connections = self
+            .users
+            .entry(user)
+            .or_insert_with(|| Vec::with_capacity(1));
         connections.push(LocalConnection {
             id,
             queue,
@@ -200,8 +204,8 @@ impl Registry {
 
     fn offer(connection: &LocalConnection, message: Outbound) {
         match connection.queue.try_send(message) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Ok(()) | Err(queue::TrySendError::Closed) => {}
+            Err(queue::TrySendError::Full) => {
                 telemetry::dropped("queue_full");
                 connection.control.stop(CloseReason::TooSlow);
             }
@@ -214,7 +218,7 @@ impl Registry {
             return;
         };
         for connection in connections.iter() {
-            Self::offer(connection, Outbound::Control(message.clone()));
+            Self::offer(connection, Outbound::Control(Box::new(message.clone())));
         }
     }
 

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod revocation;
 pub mod server;
+pub mod serving;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -57,6 +57,7 @@ pub struct ServiceApp {
     router: Router,
     tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
+    event_stream_paths: &'static [&'static str],
 }
 
 impl ServiceApp {
@@ -82,7 +83,14 @@ impl ServiceApp {
             router,
             tasks: Vec::new(),
             shutdown,
+            event_stream_paths: &[],
         })
+    }
+
+    /// Serves bodiless `GET`s to these paths (long-lived event streams) without hyper's
+    /// per-connection buffers; see [`crate::serving`].
+    pub fn serve_event_streams_on(&mut self, paths: &'static [&'static str]) {
+        self.event_stream_paths = paths;
     }
 
     /// Runs `task` beside the server; it must return once the shutdown token is cancelled.
@@ -120,17 +128,10 @@ impl ServiceApp {
             router,
             tasks,
             shutdown,
+            event_stream_paths,
         } = self;
         tracing::info!(service = name, %address, "listening");
-        let stop = shutdown.clone();
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
-        // Serving can only end early on an error; make sure background tasks stop too.
-        shutdown.cancel();
+        crate::serving::serve(listener, router, event_stream_paths, shutdown.clone()).await;
         let drain = futures_util::future::join_all(tasks);
         if tokio::time::timeout(TASK_DRAIN_TIMEOUT, drain)
             .await
