@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 scripts/ensure-services.sh
 scripts/ensure-browser.sh
 scripts/ensure-kubernetes-tools.sh
+scripts/ensure-haproxy.sh
 exec cargo test --workspace --locked "$@"

@@ -22,7 +22,7 @@ fn only_the_gateway_and_the_hub_are_published() {
         .filter(|(_, service)| service.get("ports").is_some())
         .map(|(name, _)| name.as_str().unwrap())
         .collect();
-    assert_eq!(published, ["gateway", "realtime-hub"]);
+    assert_eq!(published, ["gateway", "hub-balancer"]);
     for (name, service) in services {
         let image = service["image"].as_str().unwrap_or_default();
         assert!(
@@ -30,6 +30,51 @@ fn only_the_gateway_and_the_hub_are_published() {
             "{name:?} runs a management UI: {image}"
         );
     }
+}
+
+/// `docker compose up --scale realtime-hub=3`: the replicas publish no port of their own (they
+/// would collide), the balancer finds every replica through Docker's DNS and checks `/ready`,
+/// and the other parts reach the hub through it.
+#[test]
+fn the_hub_scales_behind_its_balancer() {
+    let (_, compose) = compose();
+    let services = &compose["services"];
+    assert!(services["realtime-hub"].get("ports").is_none());
+    assert!(services["realtime-hub"].get("container_name").is_none());
+    let balancer = &services["hub-balancer"];
+    assert!(
+        balancer["image"].as_str().unwrap().starts_with("haproxy:"),
+        "{balancer:?}"
+    );
+    let mounted = balancer["volumes"][0].as_str().unwrap();
+    let config_path = mounted.split(':').next().unwrap();
+    assert_eq!(config_path, "./deploy/compose/haproxy.cfg");
+    let config =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(config_path))
+            .unwrap();
+    assert!(
+        config.contains("server-template hub 10 realtime-hub:3005"),
+        "{config}"
+    );
+    assert!(config.contains("option httpchk GET /ready"), "{config}");
+    assert!(config.contains("timeout tunnel 1h"), "{config}");
+    assert_eq!(
+        compose["x-instaclone"]["environment"]["HUB_URL"].as_str(),
+        Some("http://hub-balancer:3005"),
+        "every part's settings"
+    );
+    let haproxy = std::process::Command::new("haproxy")
+        .args(["-c", "-q", "-f"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(config_path))
+        .output()
+        .expect("haproxy is installed (scripts/ensure-haproxy.sh)");
+    // Outside Docker the resolver's address does not answer; the syntax and every directive
+    // must still be accepted.
+    assert!(
+        haproxy.status.success(),
+        "haproxy -c: {}",
+        String::from_utf8_lossy(&haproxy.stderr)
+    );
 }
 
 #[test]
