@@ -48,6 +48,18 @@ pub struct Args {
     /// `ws`, or `sse` (then `--url` is the `http://ip:port/realtime/sse` URL).
     #[arg(long, value_enum, default_value = "ws")]
     transport: Transport,
+    /// After the hold, one broadcast round (WebSocket, hub): one notification to every
+    /// connected user, published to RabbitMQ as the notifications service would; reports how
+    /// many arrived and their delivery lag.
+    #[arg(long)]
+    round: bool,
+    /// Start the round at this Unix time (seconds) rather than right after the hold, so several
+    /// load processes (one per replica) broadcast together.
+    #[arg(long)]
+    round_at_unix: Option<i64>,
+    /// Notifications per published event in the round.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,11 +73,27 @@ enum Held {
     Sse(tokio::net::TcpStream),
 }
 
+/// Delivery lags of the broadcast round's notifications, as they arrive.
+type Arrivals = Arc<std::sync::Mutex<Samples>>;
+
 impl Held {
-    /// Reads (answering WebSocket pings, consuming SSE heartbeats) until the server closes.
-    async fn read_until_closed(self) {
+    /// Reads (answering WebSocket pings, consuming SSE heartbeats) until the server closes,
+    /// recording each notification's lag.
+    async fn read_until_closed(self, arrivals: Arrivals) {
         match self {
-            Self::Ws(mut socket) => while let Some(Ok(_)) = socket.next().await {},
+            Self::Ws(mut socket) => {
+                while let Some(Ok(message)) = socket.next().await {
+                    if let tokio_tungstenite::tungstenite::Message::Text(text) = message
+                        && let Some((_, Some(created))) =
+                            crate::fanout::parse_frame(text.as_str(), crate::fanout::Target::Hub)
+                    {
+                        let lag = (chrono::Utc::now() - created).to_std().unwrap_or_default();
+                        if let Ok(mut samples) = arrivals.lock() {
+                            samples.record(lag);
+                        }
+                    }
+                }
+            }
             Self::Sse(mut stream) => {
                 use tokio::io::AsyncReadExt;
                 let mut buffer = [0_u8; 512];
@@ -92,10 +120,14 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
     let cpu = CpuWatch::start(watched);
     let started = Instant::now();
     let mut handshakes = Vec::with_capacity(args.count);
+    let arrivals = Arrivals::default();
+    let mut users = Vec::with_capacity(args.count);
     for i in 0..args.count {
         let permit = permits.clone().acquire_owned().await?;
+        let user = Uuid::now_v7();
+        users.push(user);
         let token = match &issuer {
-            Some(issuer) => Some(client::mint(issuer, Uuid::now_v7())?),
+            Some(issuer) => Some(client::mint(issuer, user)?),
             None => None,
         };
         let (url, task_open, task_failed, task_error, task_done) = (
@@ -107,6 +139,7 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
         );
         let source = client::source_address(i, args.sources);
         let transport = args.transport;
+        let task_arrivals = arrivals.clone();
         handshakes.push(tokio::spawn(async move {
             let attempt = Instant::now();
             let connected = match transport {
@@ -125,7 +158,7 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
                     if let Ok(mut done) = task_done.lock() {
                         done.push((attempt.elapsed(), opened_at.as_secs_f64()));
                     }
-                    held.read_until_closed().await;
+                    held.read_until_closed(task_arrivals).await;
                     task_open.fetch_sub(1, Ordering::Relaxed);
                 }
                 Err(error) => {
@@ -171,6 +204,11 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
         }
         _ => None,
     };
+    let round = if args.round {
+        Some(broadcast_round(&args, &users, &arrivals, still_open).await?)
+    } else {
+        None
+    };
     let error = first_error.lock().ok().and_then(|slot| slot.clone());
     let cpu = cpu.finish();
     let mut handshake = Samples::new();
@@ -201,6 +239,7 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
         "serverBytesPerConnection": per_connection_bytes,
         "handshakeMillis": handshake_summary,
         "openedPerSecond": per_second,
+        "round": round,
         "machine": cpu,
     });
     let description = vec![
@@ -243,4 +282,51 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
         ],
         json,
     })
+}
+
+/// One notification to every user (the ones whose connection failed simply never receive
+/// theirs), then waits until every open connection has its one or 60 s have passed.
+async fn broadcast_round(
+    args: &Args,
+    users: &[Uuid],
+    arrivals: &Arrivals,
+    open: usize,
+) -> anyhow::Result<serde_json::Value> {
+    use instaclone_shared::{amqp, config::Settings};
+    if let Some(at) = args.round_at_unix {
+        let wait = at.saturating_sub(chrono::Utc::now().timestamp()).max(0);
+        tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or_default())).await;
+    }
+    let settings = Settings::from_env()?;
+    let connection = amqp::connect(&settings.amqp).await?;
+    let channel = connection.create_channel().await?;
+    amqp::declare_topology(&channel, &settings.amqp).await?;
+    let started = Instant::now();
+    let created = chrono::Utc::now();
+    crate::fanout::publish_notifications(&channel, &settings, users, args.batch, created, "round")
+        .await?;
+    let published_seconds = started.elapsed().as_secs_f64();
+    let deadline = started + Duration::from_secs(60);
+    let received = || {
+        arrivals
+            .lock()
+            .map(|samples| samples.len())
+            .unwrap_or_default()
+    };
+    while received() < open && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all_seconds = started.elapsed().as_secs_f64();
+    let _ = channel.close(200, "done").await;
+    let _ = connection.close(200, "done").await;
+    let mut samples = arrivals
+        .lock()
+        .map_err(|_| anyhow::anyhow!("arrivals poisoned"))?;
+    Ok(json!({
+        "expected": open,
+        "received": samples.len(),
+        "publishedSeconds": published_seconds,
+        "allReceivedSeconds": all_seconds,
+        "lagMillis": samples.summary(),
+    }))
 }

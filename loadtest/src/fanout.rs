@@ -119,7 +119,7 @@ struct Arrival {
 /// Picks the key and creation time out of a text frame: `post_created` notifications
 /// (`{"id","type":"notification","data":{...,"type":"post_created","data":{"postId"}}}`) for the
 /// hub and the stack, `{"tick","createdAt"}` frames for the broadcast server.
-fn parse_frame(text: &str, target: Target) -> Option<(String, Option<DateTime<Utc>>)> {
+pub(crate) fn parse_frame(text: &str, target: Target) -> Option<(String, Option<DateTime<Utc>>)> {
     let (key, created) = match target {
         Target::Hub | Target::Stack => {
             let frame: HubFrame<'_> = serde_json::from_str(text).ok()?;
@@ -663,41 +663,63 @@ async fn publish_to_hub(
         let due = open_loop::due(tick, args.rate);
         tokio::time::sleep_until(start + due).await;
         let created = start_wall + chrono::Duration::from_std(due).unwrap_or_default();
-        let mut confirms = Vec::new();
-        for chunk in users.chunks(args.batch.max(1)) {
-            let notifications = chunk
-                .iter()
-                .map(|user| NotificationView {
-                    id: Uuid::now_v7().simple().to_string(),
-                    user_id: *user,
-                    kind: "post_created".to_owned(),
-                    message: "loadtest posted".to_owned(),
-                    data: json!({ "authorId": Uuid::nil(), "postId": tick.to_string() }),
-                    read: false,
-                    created_at: created,
-                    updated_at: created,
-                })
-                .collect();
-            let event = EventEnvelope::new("loadtest", &NotificationCreated { notifications })?;
-            confirms.push(
-                channel
-                    .basic_publish(
-                        &settings.amqp.exchange,
-                        &event.event_type,
-                        BasicPublishOptions::default(),
-                        &event.to_vec(),
-                        BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await?,
-            );
-        }
-        drop(confirms);
+        publish_notifications(
+            &channel,
+            &settings,
+            users,
+            args.batch,
+            created,
+            &tick.to_string(),
+        )
+        .await?;
         bar.inc(1);
     }
     progress::finish(bar, format!("{ticks} ticks published"));
     let _ = channel.close(200, "done").await;
     let _ = connection.close(200, "done").await;
     Ok((start.into_std(), sent, PostStats::default()))
+}
+
+/// One `post_created` notification for each of `users` (post id `key`, created at `created`),
+/// as the notifications service would emit them: `batch` per `notification.created` event.
+pub(crate) async fn publish_notifications(
+    channel: &lapin::Channel,
+    settings: &Settings,
+    users: &[Uuid],
+    batch: usize,
+    created: DateTime<Utc>,
+    key: &str,
+) -> anyhow::Result<()> {
+    let mut confirms = Vec::new();
+    for chunk in users.chunks(batch.max(1)) {
+        let notifications = chunk
+            .iter()
+            .map(|user| NotificationView {
+                id: Uuid::now_v7().simple().to_string(),
+                user_id: *user,
+                kind: "post_created".to_owned(),
+                message: "loadtest posted".to_owned(),
+                data: json!({ "authorId": Uuid::nil(), "postId": key }),
+                read: false,
+                created_at: created,
+                updated_at: created,
+            })
+            .collect();
+        let event = EventEnvelope::new("loadtest", &NotificationCreated { notifications })?;
+        confirms.push(
+            channel
+                .basic_publish(
+                    &settings.amqp.exchange,
+                    &event.event_type,
+                    BasicPublishOptions::default(),
+                    &event.to_vec(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?,
+        );
+    }
+    drop(confirms);
+    Ok(())
 }
 
 async fn publish_to_broadcast(
