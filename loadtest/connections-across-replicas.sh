@@ -59,11 +59,12 @@ done
 wait "${loads[@]}"
 cleanup
 
-"$BIN/examples/broadcast_server" 127.0.0.1:$((BASE_PORT + 50)) > "$OUT/broadcast.log" 2>&1 &
+"$BIN/examples/broadcast_server" 127.0.0.2:$((BASE_PORT + 50)) > "$OUT/broadcast.log" 2>&1 &
 BCAST=$!
 pids=("$BCAST")
 sleep 1
-"$BIN/instaclone-loadtest" connections --url "ws://127.0.0.1:$((BASE_PORT + 50))/" --no-auth --count "$PER" \
+# Other source addresses than the hubs' run: its closed sockets still hold their ports (TIME_WAIT).
+"$BIN/instaclone-loadtest" connections --url "ws://127.0.0.2:$((BASE_PORT + 50))/" --no-auth --count "$PER" \
     --sources 4 --concurrency 100 --pid "$BCAST" --hold-secs "$HOLD" --json "$OUT/broadcast.json" \
     > "$OUT/load-broadcast.log" 2>&1
 

@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(stream: TcpStream, frames: broadcast::Sender<Utf8Bytes>) {
     let config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(256)
         .write_buffer_size(0)
         .max_write_buffer_size(256 * 1024)
         .max_message_size(Some(16 * 1024));
