@@ -58,6 +58,9 @@ defaults
     option forwardfor
     option redispatch
     retries 3
+    # A request that found a replica gone (refused, or the kept-alive connection to it closed
+    # without an answer) goes to another; one that got any answer is never sent twice.
+    retry-on conn-failure empty-response
     timeout connect 2s
     timeout client 60s
     timeout server 60s

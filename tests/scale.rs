@@ -190,7 +190,12 @@ async fn wait_for_everyone(clients: &[LiveClient], count: usize, what: &str) {
 async fn replicas_behind_haproxy_share_clients_and_lose_nothing_when_one_drains_and_one_crashes() {
     let env = TestEnv::new();
     let scale = Scale::up(&env);
-    let client = reqwest::Client::new();
+    // Idle connections are dropped before the balancer's 10 s keep-alive ends them, so a request
+    // never races the balancer closing the connection it was sent on.
+    let client = reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let gateway = scale.gateway();
 
     let author = register(&client, &gateway, "scale-author").await;
