@@ -292,18 +292,15 @@ async fn broadcast_round(
     arrivals: &Arrivals,
     open: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    use instaclone_shared::{amqp, config::Settings};
     if let Some(at) = args.round_at_unix {
         let wait = at.saturating_sub(chrono::Utc::now().timestamp()).max(0);
         tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or_default())).await;
     }
-    let settings = Settings::from_env()?;
-    let connection = amqp::connect(&settings.amqp).await?;
-    let channel = connection.create_channel().await?;
-    amqp::declare_topology(&channel, &settings.amqp).await?;
+    let publisher = crate::fanout::NotificationPublisher::connect().await?;
     let started = Instant::now();
     let created = chrono::Utc::now();
-    crate::fanout::publish_notifications(&channel, &settings, users, args.batch, created, "round")
+    publisher
+        .publish(users, args.batch, created, "round")
         .await?;
     let published_seconds = started.elapsed().as_secs_f64();
     let deadline = started + Duration::from_secs(60);
@@ -317,8 +314,7 @@ async fn broadcast_round(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let all_seconds = started.elapsed().as_secs_f64();
-    let _ = channel.close(200, "done").await;
-    let _ = connection.close(200, "done").await;
+    publisher.close().await;
     let mut samples = arrivals
         .lock()
         .map_err(|_| anyhow::anyhow!("arrivals poisoned"))?;

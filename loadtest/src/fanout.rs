@@ -652,10 +652,7 @@ async fn publish_to_hub(
     ticks: u64,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<(Instant, HashMap<String, Sent>, PostStats)> {
-    let settings = Settings::from_env()?;
-    let connection = amqp::connect(&settings.amqp).await?;
-    let channel = connection.create_channel().await?;
-    amqp::declare_topology(&channel, &settings.amqp).await?;
+    let publisher = NotificationPublisher::connect().await?;
     let start = tokio::time::Instant::now();
     let start_wall = Utc::now();
     let sent = ticks_sent(ticks, args.rate, start_wall);
@@ -663,63 +660,81 @@ async fn publish_to_hub(
         let due = open_loop::due(tick, args.rate);
         tokio::time::sleep_until(start + due).await;
         let created = start_wall + chrono::Duration::from_std(due).unwrap_or_default();
-        publish_notifications(
-            &channel,
-            &settings,
-            users,
-            args.batch,
-            created,
-            &tick.to_string(),
-        )
-        .await?;
+        publisher
+            .publish(users, args.batch, created, &tick.to_string())
+            .await?;
         bar.inc(1);
     }
     progress::finish(bar, format!("{ticks} ticks published"));
-    let _ = channel.close(200, "done").await;
-    let _ = connection.close(200, "done").await;
+    publisher.close().await;
     Ok((start.into_std(), sent, PostStats::default()))
 }
 
-/// One `post_created` notification for each of `users` (post id `key`, created at `created`),
-/// as the notifications service would emit them: `batch` per `notification.created` event.
-pub(crate) async fn publish_notifications(
-    channel: &lapin::Channel,
-    settings: &Settings,
-    users: &[Uuid],
-    batch: usize,
-    created: DateTime<Utc>,
-    key: &str,
-) -> anyhow::Result<()> {
-    let mut confirms = Vec::new();
-    for chunk in users.chunks(batch.max(1)) {
-        let notifications = chunk
-            .iter()
-            .map(|user| NotificationView {
-                id: Uuid::now_v7().simple().to_string(),
-                user_id: *user,
-                kind: "post_created".to_owned(),
-                message: "loadtest posted".to_owned(),
-                data: json!({ "authorId": Uuid::nil(), "postId": key }),
-                read: false,
-                created_at: created,
-                updated_at: created,
-            })
-            .collect();
-        let event = EventEnvelope::new("loadtest", &NotificationCreated { notifications })?;
-        confirms.push(
-            channel
-                .basic_publish(
-                    &settings.amqp.exchange,
-                    &event.event_type,
-                    BasicPublishOptions::default(),
-                    &event.to_vec(),
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await?,
-        );
+/// Publishes notifications to the hub's exchange as the notifications service would.
+pub(crate) struct NotificationPublisher {
+    settings: Settings,
+    connection: lapin::Connection,
+    channel: lapin::Channel,
+}
+
+impl NotificationPublisher {
+    pub(crate) async fn connect() -> anyhow::Result<Self> {
+        let settings = Settings::from_env()?;
+        let connection = amqp::connect(&settings.amqp).await?;
+        let channel = connection.create_channel().await?;
+        amqp::declare_topology(&channel, &settings.amqp).await?;
+        Ok(Self {
+            settings,
+            connection,
+            channel,
+        })
     }
-    drop(confirms);
-    Ok(())
+
+    /// One `post_created` notification for each of `users` (post id `key`, created at
+    /// `created`): `batch` per `notification.created` event.
+    pub(crate) async fn publish(
+        &self,
+        users: &[Uuid],
+        batch: usize,
+        created: DateTime<Utc>,
+        key: &str,
+    ) -> anyhow::Result<()> {
+        let mut confirms = Vec::new();
+        for chunk in users.chunks(batch.max(1)) {
+            let notifications = chunk
+                .iter()
+                .map(|user| NotificationView {
+                    id: Uuid::now_v7().simple().to_string(),
+                    user_id: *user,
+                    kind: "post_created".to_owned(),
+                    message: "loadtest posted".to_owned(),
+                    data: json!({ "authorId": Uuid::nil(), "postId": key }),
+                    read: false,
+                    created_at: created,
+                    updated_at: created,
+                })
+                .collect();
+            let event = EventEnvelope::new("loadtest", &NotificationCreated { notifications })?;
+            confirms.push(
+                self.channel
+                    .basic_publish(
+                        &self.settings.amqp.exchange,
+                        &event.event_type,
+                        BasicPublishOptions::default(),
+                        &event.to_vec(),
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?,
+            );
+        }
+        drop(confirms);
+        Ok(())
+    }
+
+    pub(crate) async fn close(self) {
+        let _ = self.channel.close(200, "done").await;
+        let _ = self.connection.close(200, "done").await;
+    }
 }
 
 async fn publish_to_broadcast(

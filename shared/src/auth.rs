@@ -177,9 +177,8 @@ impl TokenVerifier {
 
     /// Verifies `token` and that it is of `kind`.
     pub fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, TokenError> {
-        if kind == TokenKind::Access
-            && let Some(claims) = self.remembered(token)
-        {
+        let key = (kind == TokenKind::Access).then(|| digest(token));
+        if let Some(claims) = key.as_ref().and_then(|key| self.remembered(key)) {
             // Exactly the check `decode` makes (leeway 0).
             if claims.exp < chrono::Utc::now().timestamp() {
                 return Err(TokenError::Expired);
@@ -194,22 +193,22 @@ impl TokenVerifier {
         if data.claims.typ != kind {
             return Err(TokenError::WrongKind);
         }
-        if kind == TokenKind::Access {
-            self.remember(token, &data.claims);
+        if let Some(key) = key {
+            self.remember(key, &data.claims);
         }
         Ok(data.claims)
     }
 
-    fn remembered(&self, token: &str) -> Option<Claims> {
+    fn remembered(&self, key: &TokenDigest) -> Option<Claims> {
         let verified = self
             .inner
             .verified
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        verified.get(&digest(token)).cloned()
+        verified.get(key).cloned()
     }
 
-    fn remember(&self, token: &str, claims: &Claims) {
+    fn remember(&self, key: TokenDigest, claims: &Claims) {
         let mut verified = self
             .inner
             .verified
@@ -218,7 +217,7 @@ impl TokenVerifier {
         if verified.len() >= VERIFIED_CACHE_MAX {
             verified.clear();
         }
-        verified.insert(digest(token), claims.clone());
+        verified.insert(key, claims.clone());
     }
 }
 
