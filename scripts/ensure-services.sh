@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes the backing services answer on their standard local ports: PostgreSQL :5432, Redis :6379,
-# RabbitMQ :5672 and a MongoDB-wire server :27017 (SecantusDB: its Rust server, built once from
+# RabbitMQ :5672, a MongoDB-wire server :27017 and, for the suite's Redis Cluster runs, a
+# three-master Redis Cluster on :6391-6393 (SecantusDB: its Rust server, built once from
 # crates.io, or its Python server from PyPI as a fallback). Starts only what is not running; safe
 # to run any number of times.
 set -euo pipefail
@@ -13,6 +14,8 @@ SECANTUS_RS_VERSION="${SECANTUS_RS_VERSION:-0.5.3-beta.196}"
 SECANTUS_RS_ROOT="${SECANTUS_RS_ROOT:-/opt/secantus-rs}"
 SECANTUS_RS_CACHE="${SECANTUS_RS_CACHE:-2G}"
 SECANTUS_VERSION="${SECANTUS_VERSION:-0.7.0b3}"
+# The local Redis Cluster: three masters, no replicas (REDIS_CLUSTER_PORTS, space-separated).
+REDIS_CLUSTER_PORTS="${REDIS_CLUSTER_PORTS:-6391 6392 6393}"
 DATA_DIR="${INSTACLONE_DATA_DIR:-/var/lib/instaclone}"
 LOG_DIR="${INSTACLONE_LOG_DIR:-/var/log/instaclone}"
 
@@ -55,6 +58,37 @@ ensure_redis() {
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
     --dir /var/lib/redis --logfile /var/log/redis/ci.log
   wait_port Redis 6379 30
+}
+
+cluster_ok() { redis-cli -p "$1" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
+
+# Three redis-server processes in cluster mode, joined into one cluster covering all 16,384
+# slots. A cluster already formed (every port answering, state ok) is left as it is.
+ensure_redis_cluster() {
+  local ports=($REDIS_CLUSTER_PORTS) port nodes=() i
+  command -v redis-server >/dev/null || apt_install redis-server
+  for port in "${ports[@]}"; do
+    nodes+=("127.0.0.1:$port")
+    port_open "$port" && continue
+    log "starting Redis Cluster node :$port"
+    mkdir -p "$DATA_DIR/redis-cluster/$port" "$LOG_DIR"
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
+      --cluster-config-file "nodes-$port.conf" --cluster-node-timeout 5000 --save "" \
+      --appendonly no --dir "$DATA_DIR/redis-cluster/$port" \
+      --logfile "$LOG_DIR/redis-cluster-$port.log"
+    wait_port "Redis Cluster node" "$port" 30
+  done
+  cluster_ok "${ports[0]}" && { log "Redis Cluster already up"; return; }
+  if [ "$(redis-cli -p "${ports[0]}" cluster info | grep -c '^cluster_known_nodes:1')" = 1 ]; then
+    log "forming the Redis Cluster over ${nodes[*]}"
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+  fi
+  for ((i = 0; i < 150; i++)); do
+    cluster_ok "${ports[0]}" && { log "Redis Cluster is up on ${nodes[*]}"; return; }
+    sleep 0.2
+  done
+  log "ERROR: the Redis Cluster on ${nodes[*]} did not reach state ok"
+  return 1
 }
 
 ensure_rabbitmq() {
@@ -138,6 +172,7 @@ ensure_mongo() {
 
 ensure_postgres
 ensure_redis
+ensure_redis_cluster
 ensure_rabbitmq
 ensure_mongo
 log "all backing services are up"

@@ -262,9 +262,13 @@ async fn outage_drill(
 }
 
 async fn redis_cut() {
-    let env = TestEnv::new();
+    let mut env = TestEnv::new();
+    env.use_single_redis();
     let (proxy, url) = TcpProxy::for_redis(&env.settings).await;
-    let extra = vec![("REDIS_URL", url.expose().clone())];
+    let extra = vec![
+        ("REDIS_URL", url.expose().clone()),
+        ("REDIS_CLUSTER", "false".to_owned()),
+    ];
     outage_drill("Redis", env, Ports::free(), extra, proxy, secs(90)).await;
 }
 

@@ -42,7 +42,7 @@ use instaclone_shared::{
     auth::{AuthUser, TokenKind, TokenVerifier, bearer_token},
     client_address::ClientAddressPolicy,
     config::Settings,
-    db::{self, redact_url},
+    db,
     health::Dependency,
     http::{ApiError, ApiQuery, Envelope},
     revocation::Revocations,
@@ -146,13 +146,7 @@ pub async fn build(
 ) -> Result<ServiceApp, StartupError> {
     // Fail at startup, not on the first request, when the token keys are missing or invalid.
     let verifier = TokenVerifier::from_settings(&settings.jwt)?;
-    let redis = db::connect_redis(&settings.redis.url, settings.startup_wait).await?;
-    let pubsub_client = redis::Client::open(settings.redis.url.expose().as_str()).map_err(|e| {
-        StartupError::Config(format!(
-            "invalid REDIS_URL {}: {e}",
-            redact_url(settings.redis.url.expose())
-        ))
-    })?;
+    let redis = db::connect_redis(&settings.redis, settings.startup_wait).await?;
     let store = Store::new(
         redis.clone(),
         settings.redis.clone(),
@@ -218,7 +212,6 @@ pub async fn build(
 
     app.spawn_task(registry::run_pubsub(
         registry,
-        pubsub_client,
         pubsub_commands,
         shutdown.clone(),
     ));

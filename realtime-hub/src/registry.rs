@@ -28,8 +28,7 @@ use std::{
 };
 
 use dashmap::{DashMap, mapref::entry::Entry};
-use futures_util::StreamExt;
-use instaclone_shared::backoff::Backoff;
+use instaclone_shared::{backoff::Backoff, redis_conn::RedisConnection};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -316,17 +315,17 @@ const PRESENCE_REFRESH_CHUNK: usize = 2000;
 /// after failures. Returns when `shutdown` is cancelled.
 pub async fn run_pubsub(
     registry: Arc<Registry>,
-    client: redis::Client,
     PubSubCommands(mut commands): PubSubCommands,
     shutdown: CancellationToken,
 ) {
     let mut presence = Presence::default();
     let mut first_link = true;
-    let channels = [
-        registry.store.replica_channel(&registry.replica),
-        registry.revocations_channel.clone(),
-    ];
-    while let Some((sink, stream)) = link(&client, &channels, &shutdown).await {
+    let channels = Channels {
+        replica: registry.store.replica_channel(&registry.replica),
+        revocations: registry.revocations_channel.clone(),
+    };
+    let redis = registry.store.connection();
+    while let Some(link) = Link::open(&redis, &channels, &shutdown).await {
         if !first_link {
             // Entries may have lapsed, or Redis restarted empty, while the link was down.
             if let Err(error) = presence.refresh(&registry).await {
@@ -341,7 +340,6 @@ pub async fn run_pubsub(
             registry.catch_up_all();
         }
         first_link = false;
-        let link = Link { sink, stream };
         match link
             .serve(&registry, &mut presence, &mut commands, &shutdown)
             .await
@@ -353,37 +351,11 @@ pub async fn run_pubsub(
     tracing::info!("pub/sub manager stopped");
 }
 
-/// Subscribes to `channels` on a new pub/sub connection, retrying with backoff; `None` once
-/// `shutdown` is cancelled.
-async fn link(
-    client: &redis::Client,
-    channels: &[String],
-    shutdown: &CancellationToken,
-) -> Option<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    while !shutdown.is_cancelled() {
-        let pubsub = tokio::select! {
-            () = shutdown.cancelled() => return None,
-            result = client.get_async_pubsub() => result,
-        };
-        let linked = match pubsub {
-            Ok(pubsub) => {
-                let (mut sink, stream) = pubsub.split();
-                sink.subscribe(channels).await.map(|()| (sink, stream))
-            }
-            Err(error) => Err(error),
-        };
-        match linked {
-            Ok(link) => return Some(link),
-            Err(error) => {
-                tracing::warn!(%error, "Redis pub/sub unavailable");
-                if !backoff.wait(shutdown).await {
-                    return None;
-                }
-            }
-        }
-    }
-    None
+/// What a replica listens to: its own channel (sharded on a cluster) and the revocation
+/// announcements, which concern every replica and so are published to all (`PUBLISH`).
+struct Channels {
+    replica: String,
+    revocations: String,
 }
 
 /// Why a pub/sub link stopped being served.
@@ -392,12 +364,62 @@ enum LinkEnd {
     Lost,
 }
 
+/// A dedicated RESP3 connection in subscribed mode, and the messages it receives.
 struct Link {
-    sink: redis::aio::PubSubSink,
-    stream: redis::aio::PubSubStream,
+    connection: redis::aio::MultiplexedConnection,
+    pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
 }
 
 impl Link {
+    /// Subscribes on a new connection to the node serving the replica's channel (the server,
+    /// or the channel's shard on a cluster, looked up afresh each time), retrying with backoff;
+    /// `None` once `shutdown` is cancelled.
+    async fn open(
+        redis: &RedisConnection,
+        channels: &Channels,
+        shutdown: &CancellationToken,
+    ) -> Option<Self> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        while !shutdown.is_cancelled() {
+            let linked = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                linked = Self::subscribe(redis, channels) => linked,
+            };
+            match linked {
+                Ok(link) => return Some(link),
+                Err(error) => {
+                    tracing::warn!(%error, "Redis pub/sub unavailable");
+                    if !backoff.wait(shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    async fn subscribe(redis: &RedisConnection, channels: &Channels) -> redis::RedisResult<Self> {
+        let client = redis.subscriber_for(&channels.replica).await?;
+        let (sender, pushes) = mpsc::unbounded_channel();
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(PUBSUB_PING_TIMEOUT)
+            .set_response_timeout(PUBSUB_PING_TIMEOUT)
+            .set_push_sender(sender);
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        // One channel per command: each confirmation answers one request.
+        redis::cmd(redis.subscribe_command())
+            .arg(&channels.replica)
+            .exec_async(&mut connection)
+            .await?;
+        redis::cmd("SUBSCRIBE")
+            .arg(&channels.revocations)
+            .exec_async(&mut connection)
+            .await?;
+        Ok(Self { connection, pushes })
+    }
+
     /// Dispatches messages and keeps presence until the link fails or `shutdown`.
     async fn serve(
         self,
@@ -407,15 +429,10 @@ impl Link {
         shutdown: &CancellationToken,
     ) -> LinkEnd {
         let Self {
-            mut sink,
-            mut stream,
+            mut connection,
+            pushes,
         } = self;
-        let dispatcher = registry.clone();
-        let mut dispatch = tokio::spawn(async move {
-            while let Some(message) = stream.next().await {
-                dispatcher.dispatch(&message);
-            }
-        });
+        let mut dispatch = tokio::spawn(dispatch_pushes(registry.clone(), pushes));
         let start = tokio::time::Instant::now();
         let mut ping = tokio::time::interval_at(start + PUBSUB_PING_INTERVAL, PUBSUB_PING_INTERVAL);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -431,14 +448,13 @@ impl Link {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break LinkEnd::Stopped,
-                _ = &mut dispatch => {
-                    tracing::warn!("Redis pub/sub link lost; reconnecting");
-                    break LinkEnd::Lost;
-                }
+                _ = &mut dispatch => break LinkEnd::Lost,
                 _ = ping.tick() => {
-                    // In subscribed mode PING answers `["pong", ""]`: any reply proves the link.
-                    let pong =
-                        tokio::time::timeout(PUBSUB_PING_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    let pong = tokio::time::timeout(
+                        PUBSUB_PING_TIMEOUT,
+                        redis::cmd("PING").query_async::<redis::Value>(&mut connection),
+                    )
+                    .await;
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::warn!("Redis pub/sub link unresponsive; reconnecting");
                         break LinkEnd::Lost;
@@ -462,6 +478,34 @@ impl Link {
         };
         dispatch.abort();
         end
+    }
+}
+
+/// Hands each message of the link to the registry; returns when the link is lost: the
+/// connection closed, or the server dropped a subscription (on a cluster, when the channel's
+/// slot moved to another shard), after which the link is opened again where the channel now is.
+async fn dispatch_pushes(
+    registry: Arc<Registry>,
+    mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+) {
+    use redis::PushKind;
+    while let Some(push) = pushes.recv().await {
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                if let Some(message) = redis::Msg::from_push_info(push) {
+                    registry.dispatch(&message);
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!("Redis pub/sub link lost; reconnecting");
+                return;
+            }
+            PushKind::Unsubscribe | PushKind::SUnsubscribe => {
+                tracing::warn!("Redis dropped a pub/sub subscription; re-linking");
+                return;
+            }
+            _ => {}
+        }
     }
 }
 

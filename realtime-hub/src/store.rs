@@ -23,13 +23,20 @@
 //! - channel `hub:replica:<replica id>`: payload lines `<user> <stream id> <created ms> <json>`,
 //!   one per recipient of a batch connected to that replica.
 //!
-//! The script touches many users' keys in one call, which a single Redis allows and a Redis
-//! Cluster does not; running on a cluster means splitting batches by slot.
+//! On a **Redis Cluster** a script may only touch one hash slot, so a batch is split by slot
+//! (recipients of one slot still share a call; the calls run concurrently) and a script cannot
+//! publish to a replica's channel, which lives in another slot. There the script returns the
+//! lines per replica instead, and the store sends them with the sharded `SPUBLISH`, one message
+//! per replica per batch, to the one shard that owns the replica's channel (no broadcast to
+//! every shard). Storing and publishing are then two steps: the publish is retried in place, and
+//! should it still fail the entry stays stored for replay. The shard that refused it is the one
+//! the replica subscribes on, so the replica's link failed too, and on re-linking it replays
+//! every connection's stream ([`crate::registry`]): the entry arrives then.
 
 use std::time::Duration;
 
-use instaclone_shared::config::RedisSettings;
-use redis::{Script, aio::ConnectionManager};
+use instaclone_shared::{backoff::Backoff, config::RedisSettings, redis_conn::RedisConnection};
+use redis::Script;
 use uuid::Uuid;
 
 use crate::protocol::{Delivery, StreamId};
@@ -47,16 +54,21 @@ pub const REPLAY_PAGE: usize = 200;
 pub const APPEND_BATCH: usize = 200;
 /// How long a replica's presence entry lives without a refresh.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
+/// Attempts at publishing appended entries live on a cluster (about 2 s in all).
+const PUBLISH_ATTEMPTS: u32 = 6;
 
 /// KEYS: per recipient, its stream, seen and presence keys. ARGV: stream max length, seen ids to
-/// keep, idle ttl (s), now (ms), channel prefix, then per recipient: user, notification id,
-/// created ms, notification JSON. Returns 1 (appended) or 0 (seen before) per recipient.
+/// keep, idle ttl (s), now (ms), channel prefix, publish here (`1`) or return the lines (`0`),
+/// then per recipient: user, notification id, created ms, notification JSON. Returns
+/// `{results, lines}`: 1 (appended) or 0 (seen before) per recipient, and when not publishing
+/// here a flat `replica, payload, ...` list of what to publish.
 const APPEND_SCRIPT: &str = r"
 local maxlen, keep, ttl, now, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local publish = ARGV[6] == '1'
 local lines, results = {}, {}
 for i = 1, #KEYS / 3 do
   local stream, seen, presence = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local a = 5 + 4 * (i - 1)
+  local a = 6 + 4 * (i - 1)
   local user, nid, created, json = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   -- Check and mark in one call: 0 means the id was there already (a repeat).
   if redis.call('ZADD', seen, 'NX', created, nid) == 0 then
@@ -86,10 +98,16 @@ for i = 1, #KEYS / 3 do
     end
   end
 end
+local pending = {}
 for replica, out in pairs(lines) do
-  redis.call('PUBLISH', prefix .. replica, table.concat(out))
+  if publish then
+    redis.call('PUBLISH', prefix .. replica, table.concat(out))
+  else
+    pending[#pending + 1] = replica
+    pending[#pending + 1] = table.concat(out)
+  end
 end
-return results
+return {results, pending}
 ";
 
 /// KEYS[1] the user's presence set. ARGV: now (ms), channel prefix, user, JSON. Sends a control
@@ -145,7 +163,7 @@ pub enum ReplayPage {
 
 #[derive(Clone)]
 pub struct Store {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     settings: RedisSettings,
     stream_max_len: u64,
     append: Script,
@@ -154,7 +172,7 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(redis: ConnectionManager, settings: RedisSettings, stream_max_len: u64) -> Self {
+    pub fn new(redis: RedisConnection, settings: RedisSettings, stream_max_len: u64) -> Self {
         Self {
             redis,
             settings,
@@ -165,7 +183,7 @@ impl Store {
         }
     }
 
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.redis.clone()
     }
 
@@ -188,14 +206,51 @@ impl Store {
     /// Sends `json` (a control message) to every connection of `user`, on whichever replicas.
     pub async fn publish_control(&self, user: Uuid, json: &str) -> redis::RedisResult<()> {
         let now = chrono::Utc::now().timestamp_millis();
-        self.control
-            .key(self.presence_key(user))
+        if !self.redis.is_cluster() {
+            return self
+                .control
+                .key(self.presence_key(user))
+                .arg(now)
+                .arg(self.channel_prefix())
+                .arg(user.to_string())
+                .arg(json)
+                .invoke_async::<i64>(&mut self.redis.clone())
+                .await
+                .map(drop);
+        }
+        let replicas: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.presence_key(user))
             .arg(now)
-            .arg(self.channel_prefix())
-            .arg(user.to_string())
-            .arg(json)
-            .invoke_async::<i64>(&mut self.redis.clone())
+            .arg("+inf")
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let line = format!("{user} ctl {json}");
+        let messages = replicas.into_iter().map(|replica| (replica, line.clone()));
+        self.publish_lines(messages.collect()).await
+    }
+
+    /// Publishes each `(replica, payload)` on the replica's channel, a pipeline per slot.
+    async fn publish_lines(&self, messages: Vec<(String, String)>) -> redis::RedisResult<()> {
+        let prefix = self.channel_prefix();
+        let command = self.redis.publish_command();
+        let batches = self
+            .redis
+            .batch_by_slot(messages, usize::MAX, |(replica, _)| {
+                format!("{prefix}{replica}")
+            });
+        self.redis
+            .run_batches(batches, |mut redis, batch| {
+                let mut pipe = redis::pipe();
+                for (replica, payload) in batch {
+                    pipe.cmd(command)
+                        .arg(format!("{prefix}{replica}"))
+                        .arg(payload)
+                        .ignore();
+                }
+                async move { pipe.exec_async(&mut redis).await }
+            })
             .await
+            .into_result()
             .map(drop)
     }
 
@@ -211,62 +266,127 @@ impl Store {
 
     /// Appends each notification to its recipient's stream and publishes it to the replicas
     /// holding the recipient's connections, unless it was appended before: one script call per
-    /// [`APPEND_BATCH`] recipients.
+    /// [`APPEND_BATCH`] recipients (of one hash slot, on a cluster).
     pub async fn append(&self, batch: &[Append<'_>]) -> redis::RedisResult<Appended> {
+        let batches = self
+            .redis
+            .batch_by_slot(batch.iter().collect(), APPEND_BATCH, |item| {
+                self.stream_key(item.user)
+            });
+        let settled = self
+            .redis
+            .run_batches(batches, |mut redis, chunk| {
+                let call = self.append_call(&chunk);
+                async move {
+                    call.invoke_async::<(Vec<u8>, Vec<String>)>(&mut redis)
+                        .await
+                }
+            })
+            .await;
         let mut appended = Appended::default();
-        let now = chrono::Utc::now().timestamp_millis();
-        let keep = self.stream_max_len.saturating_mul(SEEN_KEEP_FACTOR).max(1);
-        for chunk in batch.chunks(APPEND_BATCH) {
-            let mut call = self.append.prepare_invoke();
-            for item in chunk {
-                call.key(self.stream_key(item.user))
-                    .key(self.seen_key(item.user))
-                    .key(self.presence_key(item.user));
-            }
-            call.arg(self.stream_max_len)
-                .arg(keep)
-                .arg(STREAM_IDLE_TTL.as_secs())
-                .arg(now)
-                .arg(self.channel_prefix());
-            for item in chunk {
-                call.arg(item.user.to_string())
-                    .arg(item.notification_id)
-                    .arg(item.created_at_millis)
-                    .arg(item.notification_json);
-            }
-            let results: Vec<u8> = call.invoke_async(&mut self.redis.clone()).await?;
+        let mut lines: std::collections::HashMap<String, String> = Default::default();
+        for (results, pending) in settled.done {
             let new = results.iter().filter(|&&fresh| fresh == 1).count();
             appended.new += new;
             appended.duplicate += results.len() - new;
+            let mut pending = pending.into_iter();
+            while let (Some(replica), Some(payload)) = (pending.next(), pending.next()) {
+                let out = lines.entry(replica).or_default();
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(&payload);
+            }
         }
-        Ok(appended)
+        // Publish what was stored even when part of the batch failed: its redelivery will find
+        // these entries seen and not publish them again.
+        if !lines.is_empty() {
+            self.publish_with_retries(lines.into_iter().collect()).await;
+        }
+        match settled.error {
+            None => Ok(appended),
+            Some(error) => Err(error),
+        }
+    }
+
+    /// One append script call for `chunk` (recipients of one slot on a cluster).
+    fn append_call(&self, chunk: &[&Append<'_>]) -> redis::ScriptInvocation<'_> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let keep = self.stream_max_len.saturating_mul(SEEN_KEEP_FACTOR).max(1);
+        let mut call = self.append.prepare_invoke();
+        for item in chunk {
+            call.key(self.stream_key(item.user))
+                .key(self.seen_key(item.user))
+                .key(self.presence_key(item.user));
+        }
+        call.arg(self.stream_max_len)
+            .arg(keep)
+            .arg(STREAM_IDLE_TTL.as_secs())
+            .arg(now)
+            .arg(self.channel_prefix())
+            .arg(if self.redis.is_cluster() { "0" } else { "1" });
+        for item in chunk {
+            call.arg(item.user.to_string())
+                .arg(item.notification_id)
+                .arg(item.created_at_millis)
+                .arg(item.notification_json);
+        }
+        call
+    }
+
+    /// Publishes appended entries (on a cluster, where the script could not), retrying in place:
+    /// the entries are stored already, so a redelivered batch would not publish them again.
+    /// When every attempt fails they stay for replay (see the module docs).
+    async fn publish_with_retries(&self, messages: Vec<(String, String)>) {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            match self.publish_lines(messages.clone()).await {
+                Ok(()) => return,
+                Err(error) if attempt == PUBLISH_ATTEMPTS => {
+                    tracing::warn!(%error, replicas = messages.len(),
+                        "live publish failed; the entries stay stored for replay");
+                }
+                Err(error) => {
+                    tracing::debug!(%error, attempt, "live publish failed; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
     }
 
     /// Records that the replica `replica` holds connections of each of `users` for the next
-    /// [`PRESENCE_TTL`] (and forgets lapsed replicas of theirs), in one pipeline; `gone` are the
-    /// users whose last connection here ended. Applied in the given order.
+    /// [`PRESENCE_TTL`] (and forgets lapsed replicas of theirs), a pipeline per slot group;
+    /// `gone` are the users whose last connection here ended. Applied in the given order.
     pub async fn set_presence(
         &self,
         replica: &str,
         present: &[Uuid],
         gone: &[Uuid],
     ) -> redis::RedisResult<()> {
-        if present.is_empty() && gone.is_empty() {
-            return Ok(());
-        }
         let now = chrono::Utc::now().timestamp_millis();
         let ttl = i64::try_from(PRESENCE_TTL.as_millis()).unwrap_or(i64::MAX);
-        let mut pipe = redis::pipe();
-        for user in gone {
-            pipe.zrem(self.presence_key(*user), replica).ignore();
-        }
-        for user in present {
-            let key = self.presence_key(*user);
-            pipe.zrembyscore(&key, "-inf", now).ignore();
-            pipe.zadd(&key, replica, now + ttl).ignore();
-            pipe.pexpire(&key, ttl).ignore();
-        }
-        pipe.exec_async(&mut self.redis.clone()).await
+        let changes = gone.iter().map(|user| (self.presence_key(*user), false));
+        let changes = changes.chain(present.iter().map(|user| (self.presence_key(*user), true)));
+        let batches = self
+            .redis
+            .batch_by_slot(changes.collect(), usize::MAX, |(key, _)| key.clone());
+        self.redis
+            .run_batches(batches, |mut redis, batch| {
+                let mut pipe = redis::pipe();
+                for (key, present) in batch {
+                    if present {
+                        pipe.zrembyscore(&key, "-inf", now).ignore();
+                        pipe.zadd(&key, replica, now + ttl).ignore();
+                        pipe.pexpire(&key, ttl).ignore();
+                    } else {
+                        pipe.zrem(&key, replica).ignore();
+                    }
+                }
+                async move { pipe.exec_async(&mut redis).await }
+            })
+            .await
+            .into_result()
+            .map(drop)
     }
 
     /// The id of the newest entry in `user`'s stream, `0-0` when there is none.

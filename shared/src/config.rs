@@ -135,7 +135,10 @@ pub struct MongoSettings {
 
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
+    /// The server's URL, or with `cluster` one or more seed nodes' URLs separated by commas.
     pub url: Secret<String>,
+    /// Whether `url` names a Redis Cluster (`REDIS_CLUSTER=true`).
+    pub cluster: bool,
     /// Prepended to every key and channel name, so several deployments (or tests) share a server.
     pub key_prefix: String,
 }
@@ -355,6 +358,7 @@ impl Settings {
             },
             redis: RedisSettings {
                 url: Secret::new(env.string("REDIS_URL", "redis://127.0.0.1:6379")),
+                cluster: env.parse("REDIS_CLUSTER", false)?,
                 key_prefix: env.string("REDIS_KEY_PREFIX", "instaclone:"),
             },
             amqp: AmqpSettings {

@@ -12,7 +12,11 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::{backoff::Backoff, config::Secret};
+use crate::{
+    backoff::Backoff,
+    config::{RedisSettings, Secret},
+    redis_conn::{self, RedisConnection},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -187,24 +191,19 @@ pub async fn connect_mongo(
     Ok(db)
 }
 
-/// A self-reconnecting Redis connection, once the server answers.
+/// A self-reconnecting connection to Redis (a single server, or a cluster when
+/// `settings.cluster`), once it answers.
 pub async fn connect_redis(
-    url: &Secret<String>,
+    settings: &RedisSettings,
     max_wait: Duration,
-) -> Result<redis::aio::ConnectionManager, ConnectError> {
-    let address = redact_url(url.expose());
-    let client = redis::Client::open(url.expose().as_str()).map_err(|e| ConnectError::BadUrl {
+) -> Result<RedisConnection, ConnectError> {
+    let address = redact_url(settings.url.expose());
+    let nodes = redis_conn::nodes(settings.url.expose()).map_err(|e| ConnectError::BadUrl {
         server: "Redis",
         reason: e.to_string(),
     })?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_secs(5))
-        .set_response_timeout(Duration::from_secs(5))
-        // Reconnects back off briefly; the startup loop below does the long waiting.
-        .set_number_of_retries(2)
-        .set_max_delay(1000);
     retry_startup("Redis", &address, max_wait, || {
-        redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone())
+        redis_conn::open(&nodes, settings.cluster)
     })
     .await
 }

@@ -24,7 +24,9 @@
 
 use std::time::Duration;
 
-use redis::{Script, aio::ConnectionManager};
+use redis::Script;
+
+use crate::redis_conn::RedisConnection;
 use uuid::Uuid;
 
 use crate::config::RedisSettings;
@@ -51,7 +53,7 @@ return 1
 /// The follow sets of every user. Cheap to clone.
 #[derive(Clone)]
 pub struct FollowCache {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     settings: RedisSettings,
     ttl: Duration,
     store: Script,
@@ -72,7 +74,7 @@ pub struct Generation(String);
 
 impl FollowCache {
     /// Sets are dropped `ttl` after they were last stored or read.
-    pub fn new(redis: ConnectionManager, settings: RedisSettings, ttl: Duration) -> Self {
+    pub fn new(redis: RedisConnection, settings: RedisSettings, ttl: Duration) -> Self {
         Self {
             redis,
             settings,

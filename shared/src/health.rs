@@ -18,7 +18,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Dependency {
     Postgres(sqlx::PgPool),
     Mongo(mongodb::Database),
-    Redis(redis::aio::ConnectionManager),
+    Redis(crate::redis_conn::RedisConnection),
     /// The broker, as the part's own consumers see it (`status`); checked with a connection of
     /// its own only when the part has no consumer yet.
     RabbitMq {

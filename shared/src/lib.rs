@@ -17,6 +17,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod redis_conn;
 pub mod revocation;
 pub mod server;
 pub mod serving;

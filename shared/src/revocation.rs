@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConnection;
 use uuid::Uuid;
 
 use crate::config::RedisSettings;
@@ -22,7 +22,7 @@ use crate::config::RedisSettings;
 /// Per-user revocation times, and the channel that announces them. Cheap to clone.
 #[derive(Clone)]
 pub struct Revocations {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: RedisSettings,
 }
 
@@ -44,7 +44,7 @@ pub fn parse_announcement(payload: &str) -> Option<(Uuid, i64)> {
 }
 
 impl Revocations {
-    pub fn new(redis: ConnectionManager, keys: RedisSettings) -> Self {
+    pub fn new(redis: RedisConnection, keys: RedisSettings) -> Self {
         Self { redis, keys }
     }
 
@@ -56,18 +56,19 @@ impl Revocations {
     /// `keep` (the refresh-token lifetime), and announced to the hub replicas.
     pub async fn revoke_all(&self, user: Uuid, at: i64, keep: Duration) -> redis::RedisResult<()> {
         let mut redis = self.redis.clone();
-        redis::pipe()
-            .cmd("SET")
+        redis::cmd("SET")
             .arg(self.key(user))
             .arg(at)
             .arg("EX")
             .arg(keep.as_secs().max(1))
-            .ignore()
-            .cmd("PUBLISH")
+            .exec_async(&mut redis)
+            .await?;
+        // Recorded first, then announced (two commands: on a cluster the key and the channel
+        // live in different slots). `PUBLISH`, not the sharded kind: every replica must hear it.
+        redis::cmd("PUBLISH")
             .arg(channel(&self.keys))
             .arg(format!("{user} {at}"))
-            .ignore()
-            .query_async::<()>(&mut redis)
+            .exec_async(&mut redis)
             .await
     }
 

@@ -23,7 +23,10 @@ use crate::{
 
 /// How long a test waits for a backing server before failing with its name (generous: when the
 /// whole suite runs, dozens of parts start at once against the same servers).
-pub const TEST_STARTUP_WAIT: Duration = Duration::from_secs(20);
+pub const TEST_STARTUP_WAIT: Duration = Duration::from_secs(40);
+/// The single Redis that tests which cut Redis through a [`TcpProxy`] use, when the suite runs
+/// on a Redis Cluster (`REDIS_SINGLE_URL`, default the local server).
+const SINGLE_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Unused test queues disappear after this long.
 const TEST_QUEUE_EXPIRES: Duration = Duration::from_secs(300);
 
@@ -82,6 +85,17 @@ impl TestEnv {
         }
     }
 
+    /// Points this environment at a single Redis server when the suite runs on a cluster: a
+    /// [`TcpProxy`] can stand in front of one server, not of a cluster whose nodes tell clients
+    /// each other's addresses.
+    pub fn use_single_redis(&mut self) {
+        if self.settings.redis.cluster {
+            let url = std::env::var("REDIS_SINGLE_URL").unwrap_or_else(|_| SINGLE_REDIS_URL.into());
+            self.settings.redis.url = Secret::new(url);
+            self.settings.redis.cluster = false;
+        }
+    }
+
     /// The service credential of this environment (what `/internal/*` and `/metrics` ask for).
     pub fn internal_token(&self) -> String {
         self.settings
@@ -122,8 +136,8 @@ impl TestEnv {
             .expect("MongoDB-protocol server unreachable")
     }
 
-    pub async fn redis(&self) -> redis::aio::ConnectionManager {
-        crate::db::connect_redis(&self.settings.redis.url, TEST_STARTUP_WAIT)
+    pub async fn redis(&self) -> crate::redis_conn::RedisConnection {
+        crate::db::connect_redis(&self.settings.redis, TEST_STARTUP_WAIT)
             .await
             .expect("Redis unreachable")
     }
@@ -273,33 +287,11 @@ async fn cleanup(settings: &Settings) {
         }
     }
 
-    if let Ok(client) = redis::Client::open(settings.redis.url.expose().as_str())
-        && let Ok(mut connection) = client.get_multiplexed_async_connection().await
+    if let Ok(redis) = crate::db::connect_redis(&settings.redis, Duration::from_secs(2)).await
+        && let Ok(masters) = redis.masters().await
     {
-        let pattern = format!("{}*", settings.redis.key_prefix);
-        let mut cursor: u64 = 0;
-        loop {
-            let Ok((next, keys)) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async::<(u64, Vec<String>)>(&mut connection)
-                .await
-            else {
-                break;
-            };
-            if !keys.is_empty() {
-                let _ = redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async::<()>(&mut connection)
-                    .await;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
+        for master in masters {
+            delete_keys(master, &format!("{}*", settings.redis.key_prefix)).await;
         }
     }
 
@@ -315,6 +307,42 @@ async fn cleanup(settings: &Settings) {
                 .await;
         }
         let _ = connection.close(200, "test cleanup").await;
+    }
+}
+
+/// Deletes the keys matching `pattern` on one server, best effort (a cluster node holds only its
+/// own slots' keys, so each is deleted on its own).
+pub async fn delete_keys(node: redis::ConnectionInfo, pattern: &str) {
+    let Ok(client) = redis::Client::open(node) else {
+        return;
+    };
+    let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let mut cursor: u64 = 0;
+    loop {
+        let Ok((next, keys)) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async::<(u64, Vec<String>)>(&mut connection)
+            .await
+        else {
+            return;
+        };
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("UNLINK").arg(key).ignore();
+        }
+        if !keys.is_empty() {
+            let _ = pipe.exec_async(&mut connection).await;
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
     }
 }
 
@@ -381,6 +409,10 @@ impl TcpProxy {
 
     /// A proxy in front of this environment's Redis; returns it and the Redis URL through it.
     pub async fn for_redis(settings: &Settings) -> (Self, Secret<String>) {
+        assert!(
+            !settings.redis.cluster,
+            "a TcpProxy stands in front of one Redis server: call TestEnv::use_single_redis first"
+        );
         Self::in_front_of(settings.redis.url.expose(), 6379).await
     }
 

@@ -92,8 +92,12 @@ async fn redis_keys_live_under_the_test_prefix_and_are_removed_after() {
 
 #[tokio::test]
 async fn unreachable_server_is_named_in_the_error() {
-    let url = instaclone_shared::config::Secret::new("redis://127.0.0.1:1".to_owned());
-    let Err(error) = db::connect_redis(&url, Duration::from_millis(300)).await else {
+    let settings = instaclone_shared::config::RedisSettings {
+        url: instaclone_shared::config::Secret::new("redis://127.0.0.1:1".to_owned()),
+        cluster: false,
+        key_prefix: String::new(),
+    };
+    let Err(error) = db::connect_redis(&settings, Duration::from_millis(300)).await else {
         panic!("connected to a port where nothing listens");
     };
     assert!(

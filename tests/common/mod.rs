@@ -54,6 +54,8 @@ pub fn instaclone(env: &TestEnv) -> Command {
             "NOTIFICATIONS_MONGODB_DATABASE",
             &s.mongo.notifications_database,
         )
+        .env("REDIS_URL", s.redis.url.expose())
+        .env("REDIS_CLUSTER", s.redis.cluster.to_string())
         .env("REDIS_KEY_PREFIX", &s.redis.key_prefix)
         .env("EVENTS_EXCHANGE", &s.amqp.exchange)
         .env("AMQP_QUEUE_PREFIX", &s.amqp.queue_prefix)

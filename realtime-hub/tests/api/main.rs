@@ -8,4 +8,5 @@ mod helpers;
 mod limits;
 mod pubsub_outage;
 mod resume;
+mod sharding;
 mod slow_clients;

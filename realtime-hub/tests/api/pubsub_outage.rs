@@ -19,7 +19,8 @@ use crate::{
 
 #[tokio::test]
 async fn notifications_missed_during_a_pubsub_outage_are_caught_up() {
-    let env = TestEnv::new();
+    let mut env = TestEnv::new();
+    env.use_single_redis();
     // Replica B talks to Redis directly; replica A through a proxy the test can cut.
     let replica_b = spawn_replica(&env).await;
     let (proxy, redis_through_proxy) = TcpProxy::for_redis(&env.settings).await;
@@ -71,11 +72,7 @@ async fn notifications_missed_during_a_pubsub_outage_are_caught_up() {
 
 /// Appends `notifications` as a hub replica's consumer does, on a Redis link of its own.
 async fn append_directly(env: &TestEnv, notifications: &[NotificationView]) {
-    let redis = redis::Client::open(env.settings.redis.url.expose().as_str())
-        .unwrap()
-        .get_connection_manager()
-        .await
-        .unwrap();
+    let redis = env.redis().await;
     let store = Store::new(
         redis,
         env.settings.redis.clone(),

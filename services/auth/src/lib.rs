@@ -63,7 +63,7 @@ pub async fn build_with_options(
     let passwords = PasswordHasherPool::new(options.argon2, options.max_concurrent_hashes)
         .await
         .map_err(|e| StartupError::Config(format!("argon2: {e}")))?;
-    let redis = db::connect_redis(&settings.redis.url, settings.startup_wait).await?;
+    let redis = db::connect_redis(&settings.redis, settings.startup_wait).await?;
     let state = AuthState {
         verifier,
         sessions: SessionStore::new(redis.clone(), settings.redis.clone(), issuer.refresh_ttl()),

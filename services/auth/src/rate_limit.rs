@@ -30,21 +30,23 @@
 
 use std::{net::IpAddr, time::Duration};
 
+use instaclone_shared::redis_conn::RedisConnection;
 use instaclone_shared::{client_address::limit_key, config::RedisSettings};
-use redis::{Script, aio::ConnectionManager};
+use redis::Script;
 use uuid::Uuid;
 
 use crate::domain::Email;
 
-/// Checks both subjects and, if both are under their limit, records the attempt in both.
-/// KEYS[1] account set, KEYS[2] address set. ARGV[1] attempt id, ARGV[2]/ARGV[3] account
-/// max/window ms, ARGV[4]/ARGV[5] address max/window ms.
-/// Returns 0 when admitted, else the milliseconds until an attempt would be admitted.
+/// Checks each subject and, if all are under their limit, records the attempt in each.
+/// KEYS: the subjects' sets (account, address). ARGV[1] attempt id, then per key its max and
+/// window ms. Returns 0 when admitted, else the milliseconds until an attempt would be admitted.
+/// On a Redis Cluster the two sets live in different slots, so it runs once per subject (see
+/// [`LoginRateLimiter::admit`]).
 const ADMIT_SCRIPT: &str = r"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local wait = 0
-for i = 1, 2 do
+for i = 1, #KEYS do
   local max = tonumber(ARGV[2 * i])
   local window = tonumber(ARGV[2 * i + 1])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
@@ -61,7 +63,7 @@ end
 if wait > 0 then
   return wait
 end
-for i = 1, 2 do
+for i = 1, #KEYS do
   redis.call('ZADD', KEYS[i], now, ARGV[1])
   redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2 * i + 1]))
 end
@@ -119,7 +121,7 @@ pub enum Admission {
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct LoginRateLimiter {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: RedisSettings,
     limits: LoginLimits,
     admit: Script,
@@ -134,7 +136,7 @@ impl std::fmt::Debug for LoginRateLimiter {
 }
 
 impl LoginRateLimiter {
-    pub fn new(redis: ConnectionManager, keys: RedisSettings, limits: LoginLimits) -> Self {
+    pub fn new(redis: RedisConnection, keys: RedisSettings, limits: LoginLimits) -> Self {
         Self {
             redis,
             keys,
@@ -161,19 +163,21 @@ impl LoginRateLimiter {
                 .key(&format!("auth:login:address:{}", limit_key(address))),
         ];
         let id = Uuid::new_v4().simple().to_string();
-        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut redis = self.redis.clone();
-        let wait_ms: u64 = self
-            .admit
-            .key(&keys[0])
-            .key(&keys[1])
-            .arg(&id)
-            .arg(self.limits.per_account.max_failures)
-            .arg(millis(self.limits.per_account.window))
-            .arg(self.limits.per_address.max_failures)
-            .arg(millis(self.limits.per_address.window))
-            .invoke_async(&mut redis)
-            .await?;
+        let limits = [self.limits.per_account, self.limits.per_address];
+        let wait_ms = if self.redis.is_cluster() {
+            // One subject per call; an attempt admitted for the account but refused for the
+            // address is taken back from the account.
+            let mut wait_ms = self.try_admit(&keys[..1], &id, &limits[..1]).await?;
+            if wait_ms == 0 {
+                wait_ms = self.try_admit(&keys[1..], &id, &limits[1..]).await?;
+                if wait_ms > 0 {
+                    self.release(&keys[..1], &id).await?;
+                }
+            }
+            wait_ms
+        } else {
+            self.try_admit(&keys, &id, &limits).await?
+        };
         Ok(if wait_ms == 0 {
             Admission::Admitted(AttemptTicket { keys, id })
         } else {
@@ -183,17 +187,45 @@ impl LoginRateLimiter {
         })
     }
 
+    /// One run of the admit script over `keys` with their `limits`.
+    async fn try_admit(
+        &self,
+        keys: &[String],
+        id: &str,
+        limits: &[Limit],
+    ) -> Result<u64, redis::RedisError> {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut call = self.admit.prepare_invoke();
+        call.arg(id);
+        for (key, limit) in keys.iter().zip(limits) {
+            call.key(key)
+                .arg(limit.max_failures)
+                .arg(millis(limit.window));
+        }
+        call.invoke_async(&mut self.redis.clone()).await
+    }
+
+    /// Takes attempt `id` out of `keys` (a pipeline per slot).
+    async fn release(&self, keys: &[String], id: &str) -> Result<(), redis::RedisError> {
+        let batches = self
+            .redis
+            .batch_by_slot(keys.iter().collect(), usize::MAX, |key| (*key).clone());
+        self.redis
+            .run_batches(batches, |mut redis, batch| {
+                let mut pipe = redis::pipe();
+                for key in batch {
+                    pipe.zrem(key, id).ignore();
+                }
+                async move { pipe.exec_async(&mut redis).await }
+            })
+            .await
+            .into_result()
+            .map(drop)
+    }
+
     /// The attempt succeeded: it no longer counts against the account or the address.
     pub async fn succeeded(&self, ticket: AttemptTicket) -> Result<(), redis::RedisError> {
-        let mut redis = self.redis.clone();
-        let [account, address] = &ticket.keys;
-        redis::pipe()
-            .zrem(account, &ticket.id)
-            .ignore()
-            .zrem(address, &ticket.id)
-            .ignore()
-            .query_async::<()>(&mut redis)
-            .await
+        self.release(&ticket.keys, &ticket.id).await
     }
 }
 

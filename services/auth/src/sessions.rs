@@ -40,8 +40,9 @@
 
 use std::time::Duration;
 
+use instaclone_shared::redis_conn::RedisConnection;
 use instaclone_shared::{auth::Claims, config::RedisSettings};
-use redis::{Script, aio::ConnectionManager};
+use redis::Script;
 use uuid::Uuid;
 
 /// The current `jti` moves to the new one, or a spent `jti` deletes the session.
@@ -84,7 +85,7 @@ pub enum Rotation {
 /// The Redis side of sessions. Cheap to clone.
 #[derive(Clone)]
 pub struct SessionStore {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: RedisSettings,
     ttl: Duration,
     rotate: Script,
@@ -101,7 +102,7 @@ impl std::fmt::Debug for SessionStore {
 
 impl SessionStore {
     /// Sessions live `ttl` after their last refresh (the refresh-token lifetime).
-    pub fn new(redis: ConnectionManager, keys: RedisSettings, ttl: Duration) -> Self {
+    pub fn new(redis: RedisConnection, keys: RedisSettings, ttl: Duration) -> Self {
         Self {
             redis,
             keys,

@@ -22,7 +22,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use redis::{Script, aio::ConnectionManager};
+use instaclone_shared::redis_conn::RedisConnection;
+use redis::Script;
 use uuid::Uuid;
 
 /// How long a cache read may take before the request goes to the service instead.
@@ -51,14 +52,14 @@ return 1
 
 #[derive(Clone)]
 pub struct FeedCache {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     key_prefix: String,
     ttl: Duration,
     put: std::sync::Arc<Script>,
 }
 
 impl FeedCache {
-    pub fn new(redis: ConnectionManager, key_prefix: String, ttl: Duration) -> Self {
+    pub fn new(redis: RedisConnection, key_prefix: String, ttl: Duration) -> Self {
         Self {
             redis,
             key_prefix,

@@ -317,7 +317,7 @@ pub async fn build_in_process(
         notifications.map_err(StartupError::Config)?,
         hub.map_err(StartupError::Config)?,
     ];
-    let redis = db::connect_redis(&settings.redis.url, settings.startup_wait).await?;
+    let redis = db::connect_redis(&settings.redis, settings.startup_wait).await?;
     let proxy = in_process.into_iter().fold(
         Proxy::new(
             addresses,

@@ -13,7 +13,8 @@
 use std::time::Duration;
 
 use instaclone_shared::client_address::limit_key;
-use redis::{Script, aio::ConnectionManager};
+use instaclone_shared::redis_conn::RedisConnection;
+use redis::Script;
 
 use crate::config::RateLimit;
 
@@ -51,14 +52,14 @@ pub enum Decision {
 
 #[derive(Clone)]
 pub struct RateLimiter {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     script: Script,
     key_prefix: String,
 }
 
 impl RateLimiter {
     /// `key_prefix` is the deployment's Redis prefix plus the limiter's namespace.
-    pub fn new(redis: ConnectionManager, key_prefix: String) -> Self {
+    pub fn new(redis: RedisConnection, key_prefix: String) -> Self {
         Self {
             redis,
             script: Script::new(GCRA),

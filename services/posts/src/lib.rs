@@ -63,7 +63,7 @@ pub async fn build(
         .await
         .map_err(|e| StartupError::Config(format!("cannot create the posts indexes: {e}")))?;
 
-    let redis = db::connect_redis(&settings.redis.url, settings.startup_wait).await?;
+    let redis = db::connect_redis(&settings.redis, settings.startup_wait).await?;
     let follows = FollowCache::new(
         redis.clone(),
         settings.redis.clone(),

@@ -31,7 +31,8 @@
 
 use std::time::Duration;
 
-use redis::{Script, aio::ConnectionManager};
+use instaclone_shared::redis_conn::{RedisConnection, SlotBatches};
+use redis::Script;
 use uuid::Uuid;
 
 use instaclone_shared::{config::TimelineSettings, follow_cache::FollowCache};
@@ -201,7 +202,7 @@ pub enum TimelineWindow {
 /// The home timelines of every reader, and the cached post bodies. Cheap to clone.
 #[derive(Clone)]
 pub struct HomeTimelines {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     key_prefix: String,
     settings: TimelineSettings,
     follows: FollowCache,
@@ -229,7 +230,7 @@ fn millis(duration: Duration) -> u64 {
 impl HomeTimelines {
     /// `key_prefix` is the deployment's Redis prefix (`RedisSettings::key_prefix`).
     pub fn new(
-        redis: ConnectionManager,
+        redis: RedisConnection,
         key_prefix: &str,
         settings: TimelineSettings,
         follows: FollowCache,
@@ -361,20 +362,24 @@ impl HomeTimelines {
         Ok(())
     }
 
-    /// Adds `entries` to the existing timelines of `readers`.
+    /// Adds `entries` to the existing timelines of `readers`: a script call per
+    /// [`READERS_PER_CALL`] readers (of one hash slot, on a cluster).
     pub async fn add(&self, readers: &[Uuid], entries: &[String]) -> Result<(), redis::RedisError> {
         if entries.is_empty() {
             return Ok(());
         }
-        for batch in readers.chunks(READERS_PER_CALL) {
-            let mut call = self.add.prepare_invoke();
-            for reader in batch {
-                call.key(self.set_key(*reader)).key(self.floor_key(*reader));
-            }
-            call.arg(self.settings.capacity.get()).arg(entries);
-            let _: u64 = call.invoke_async(&mut self.redis.clone()).await?;
-        }
-        Ok(())
+        self.redis
+            .run_batches(self.reader_batches(readers), |mut redis, batch| {
+                let mut call = self.add.prepare_invoke();
+                for reader in batch {
+                    call.key(self.set_key(reader)).key(self.floor_key(reader));
+                }
+                call.arg(self.settings.capacity.get()).arg(entries);
+                async move { call.invoke_async::<u64>(&mut redis).await }
+            })
+            .await
+            .into_result()
+            .map(drop)
     }
 
     /// Removes `entries` from the timelines of `readers`.
@@ -386,14 +391,25 @@ impl HomeTimelines {
         if entries.is_empty() {
             return Ok(());
         }
-        for batch in readers.chunks(READERS_PER_CALL) {
-            let mut pipe = redis::pipe();
-            for reader in batch {
-                pipe.zrem(self.set_key(*reader), entries).ignore();
-            }
-            pipe.exec_async(&mut self.redis.clone()).await?;
-        }
-        Ok(())
+        self.redis
+            .run_batches(self.reader_batches(readers), |mut redis, batch| {
+                let mut pipe = redis::pipe();
+                for reader in batch {
+                    pipe.zrem(self.set_key(reader), entries).ignore();
+                }
+                async move { pipe.exec_async(&mut redis).await }
+            })
+            .await
+            .into_result()
+            .map(drop)
+    }
+
+    /// `readers` in batches of at most [`READERS_PER_CALL`] whose timelines one call may touch.
+    fn reader_batches(&self, readers: &[Uuid]) -> SlotBatches<Uuid> {
+        self.redis
+            .batch_by_slot(readers.to_vec(), READERS_PER_CALL, |reader| {
+                self.set_key(*reader)
+            })
     }
 
     /// Removes every post of `author` from `reader`'s timeline (an unfollow), whether or not the
@@ -432,15 +448,26 @@ impl HomeTimelines {
             return Ok(());
         }
         let ttl = millis(self.settings.post_ttl);
-        let mut pipe = redis::pipe();
-        for (id, body) in posts {
-            let set = pipe.cmd("SET").arg(self.post_key(id)).arg(body);
-            if !overwrite {
-                set.arg("NX");
-            }
-            set.arg("PX").arg(ttl).ignore();
-        }
-        pipe.exec_async(&mut self.redis.clone()).await
+        let batches = self
+            .redis
+            .batch_by_slot(posts.iter().collect(), usize::MAX, |(id, _)| {
+                self.post_key(id)
+            });
+        self.redis
+            .run_batches(batches, |mut redis, batch| {
+                let mut pipe = redis::pipe();
+                for (id, body) in batch {
+                    let set = pipe.cmd("SET").arg(self.post_key(id)).arg(body);
+                    if !overwrite {
+                        set.arg("NX");
+                    }
+                    set.arg("PX").arg(ttl).ignore();
+                }
+                async move { pipe.exec_async(&mut redis).await }
+            })
+            .await
+            .into_result()
+            .map(drop)
     }
 
     /// Marks these posts deleted in the body cache, so no read serves them from it again.

@@ -70,7 +70,7 @@ pub async fn build(
         .await
         .map_err(|e| StartupError::Migrate(e.to_string()))?;
 
-    let redis = db::connect_redis(&settings.redis.url, settings.startup_wait).await?;
+    let redis = db::connect_redis(&settings.redis, settings.startup_wait).await?;
     let follow_cache = FollowCache::new(redis, settings.redis.clone(), settings.timelines.ttl);
     let relay_waker = RelayWaker::default();
     let state = AppState {

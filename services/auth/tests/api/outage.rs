@@ -13,9 +13,12 @@ use crate::helpers::{PASSWORD, spawn_app_adjusted};
 
 #[tokio::test]
 async fn an_unreachable_session_store_is_a_503_with_retry_after_and_creates_nothing() {
-    let (proxy, through_proxy) = TcpProxy::for_redis(&TestEnv::new().settings).await;
+    let mut env = TestEnv::new();
+    env.use_single_redis();
+    let (proxy, through_proxy) = TcpProxy::for_redis(&env.settings).await;
     let app = spawn_app_adjusted(AuthOptions::default(), |settings| {
         settings.redis.url = through_proxy;
+        settings.redis.cluster = false;
     })
     .await;
     let signed_in = app.registered("early@example.com").await;

@@ -215,6 +215,7 @@ async fn pages_older_than_the_timeline_come_from_mongodb() {
 #[tokio::test]
 async fn the_feed_is_read_from_mongodb_while_redis_is_down() {
     let mut env = instaclone_shared::testing::TestEnv::new();
+    env.use_single_redis();
     let (redis, through_proxy) = TcpProxy::for_redis(&env.settings).await;
     env.settings.redis.url = through_proxy;
     let app = spawn_app_with_users_in(env).await;
