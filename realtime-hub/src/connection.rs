@@ -368,6 +368,10 @@ async fn serve(
             message = queue.recv() => match message {
                 // Only the registry and the reader hold senders; both gone means the end.
                 None => return Err(CloseReason::ClientGone),
+                Some(Outbound::Notification(delivery)) if delivered.misses(&delivery) => {
+                    telemetry::live_gap();
+                    Box::pin(replay(context, writer, stops, user, &mut delivered, false)).await?;
+                }
                 Some(Outbound::Notification(delivery)) => {
                     if delivered.last.is_none_or(|last| delivery.id > last) {
                         stops.guard(writer.notification(&delivery)).await?;
@@ -393,6 +397,18 @@ async fn serve(
 struct Delivered {
     /// Newest id written to this client; live messages at or below it are duplicates.
     last: Option<StreamId>,
+}
+
+impl Delivered {
+    /// Whether a live `delivery` comes after an entry this client has not been given (its
+    /// predecessor is newer than the last one written): then the stream is replayed from the
+    /// last one, which writes both in order.
+    fn misses(&self, delivery: &Delivery) -> bool {
+        match (delivery.previous, self.last) {
+            (Some(previous), Some(last)) => previous > last,
+            _ => false,
+        }
+    }
 }
 
 /// Writes the stream's entries after `delivered.last`; on a gap, tells the client to resync

@@ -73,6 +73,9 @@ impl FromStr for StreamId {
 #[derive(Debug)]
 pub struct Delivery {
     pub id: StreamId,
+    /// On a Redis Cluster, the entry before this one in the user's stream: a connection that
+    /// has not delivered that one missed something and replays instead.
+    pub previous: Option<StreamId>,
     /// When the notification was created (Unix milliseconds), for the delivery-lag histogram.
     pub created_at_millis: i64,
     /// The notification object, JSON, exactly as the notifications service emitted it.
@@ -82,18 +85,26 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Parses the pub/sub payload written by the append script: `<id> <createdMillis> <json>`.
+    /// Parses the pub/sub payload written by the append script: `<id> <createdMillis> <json>`,
+    /// or on a Redis Cluster `<id>/<previous id> <createdMillis> <json>`.
     pub fn from_pubsub_payload(payload: &str) -> Option<Self> {
         let mut parts = payload.splitn(3, ' ');
-        let id = parts.next()?.parse().ok()?;
+        let ids = parts.next()?;
+        let (id, previous) = match ids.split_once('/') {
+            Some((id, previous)) => (id.parse().ok()?, Some(previous.parse().ok()?)),
+            None => (ids.parse().ok()?, None),
+        };
         let created_at_millis = parts.next()?.parse().ok()?;
         let notification_json = parts.next()?.into();
-        Some(Self::new(id, created_at_millis, notification_json))
+        let mut delivery = Self::new(id, created_at_millis, notification_json);
+        delivery.previous = previous;
+        Some(delivery)
     }
 
     pub fn new(id: StreamId, created_at_millis: i64, notification_json: Box<str>) -> Self {
         Self {
             id,
+            previous: None,
             created_at_millis,
             notification_json,
             frame: OnceLock::new(),
@@ -270,6 +281,13 @@ mod tests {
         assert_eq!(frame["type"], "notification");
         assert_eq!(frame["data"]["_id"], "a b");
         assert!(Delivery::from_pubsub_payload("garbage").is_none());
+        let chained = Delivery::from_pubsub_payload(r#"5-1/4-0 1700 {"_id":"a"}"#).unwrap();
+        assert_eq!(chained.id.to_string(), "5-1");
+        assert_eq!(
+            chained.previous.map(|p| p.to_string()).as_deref(),
+            Some("4-0")
+        );
+        assert!(Delivery::from_pubsub_payload("5-1/x 1700 {}").is_none());
     }
 
     #[test]

@@ -20,18 +20,23 @@
 //! - `presence:{<user>}`: sorted set of the replicas holding the user's connections, scored by
 //!   the time (Unix ms) the entry lapses unless refreshed ([`PRESENCE_TTL`]), so a replica that
 //!   died stops receiving within that time;
-//! - channel `hub:replica:<replica id>`: payload lines `<user> <stream id> <created ms> <json>`,
+//! - channel `hub:replica:<replica id>`: payload lines `<user> <stream id> <created ms> <json>`
+//!   (on a cluster `<user> <stream id>/<previous id> <created ms> <json>`),
 //!   one per recipient of a batch connected to that replica.
 //!
 //! On a **Redis Cluster** a script may only touch one hash slot, so a batch is split by slot
-//! (recipients of one slot still share a call; the calls run concurrently) and a script cannot
-//! publish to a replica's channel, which lives in another slot. There the script returns the
-//! lines per replica instead, and the store sends them with the sharded `SPUBLISH`, one message
-//! per replica per batch, to the one shard that owns the replica's channel (no broadcast to
-//! every shard). Storing and publishing are then two steps: the publish is retried in place, and
-//! should it still fail the entry stays stored for replay. The shard that refused it is the one
-//! the replica subscribes on, so the replica's link failed too, and on re-linking it replays
-//! every connection's stream ([`crate::registry`]): the entry arrives then.
+//! (recipients of one slot still share a call; one slot's calls run in order, different slots
+//! concurrently) and a script cannot publish to a replica's channel, which lives in another
+//! slot. There the script returns the lines per replica instead, and the store sends them with
+//! the sharded `SPUBLISH`, one message per replica per `append` call, to the one shard that
+//! owns the replica's channel (no broadcast to every shard). Storing and publishing are then two
+//! steps, and two consumers' publishes for one user can arrive in either order, or one can fail
+//! after its entry was stored (a redelivered batch finds it seen and publishes nothing). So on a
+//! cluster each line also names the entry before it in the user's stream (`<id>/<prev>`): a
+//! connection that receives a line whose predecessor is not the last entry it delivered replays
+//! the stream from there instead (see [`crate::connection`]), which delivers what was missing
+//! and the line itself in order. A failed publish is retried briefly; whatever still did not go
+//! out arrives with the user's next notification, or on the client's next resume.
 
 use std::time::Duration;
 
@@ -54,8 +59,9 @@ pub const REPLAY_PAGE: usize = 200;
 pub const APPEND_BATCH: usize = 200;
 /// How long a replica's presence entry lives without a refresh.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
-/// Attempts at publishing appended entries live on a cluster (about 2 s in all).
-const PUBLISH_ATTEMPTS: u32 = 6;
+/// Attempts at publishing appended entries live on a cluster (entries not published are
+/// recovered by the next line's predecessor check, so this stays short).
+const PUBLISH_ATTEMPTS: u32 = 3;
 
 /// KEYS: per recipient, its stream, seen and presence keys. ARGV: stream max length, seen ids to
 /// keep, idle ttl (s), now (ms), channel prefix, publish here (`1`) or return the lines (`0`),
@@ -74,6 +80,14 @@ for i = 1, #KEYS / 3 do
   if redis.call('ZADD', seen, 'NX', created, nid) == 0 then
     results[i] = 0
   else
+    -- Where publishing is left to the caller (a cluster), lines from different calls can
+    -- arrive out of order or not at all: each then names the entry before it, and a replica
+    -- that sees a line whose predecessor it has not delivered replays the stream instead.
+    local prev = ''
+    if not publish then
+      local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+      prev = '/' .. (last and last[1] or '0-0')
+    end
     local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 't', created, 'n', json)
     -- Trim the dedupe window for about one id in 16 (the last hex digit of an id is uniform),
     -- so it exceeds `keep` by a few ids at most and costs one call in 16.
@@ -93,8 +107,8 @@ for i = 1, #KEYS / 3 do
       end
       -- Pieces, joined once below: the JSON is copied once, not once per line and again.
       local n = #out
-      out[n + 1], out[n + 2], out[n + 3], out[n + 4] = user, ' ', id, ' '
-      out[n + 5], out[n + 6], out[n + 7] = created, ' ', json
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4] = user, ' ', id, prev
+      out[n + 5], out[n + 6], out[n + 7], out[n + 8] = ' ', created, ' ', json
     end
   end
 end
@@ -336,7 +350,8 @@ impl Store {
 
     /// Publishes appended entries (on a cluster, where the script could not), retrying in place:
     /// the entries are stored already, so a redelivered batch would not publish them again.
-    /// When every attempt fails they stay for replay (see the module docs).
+    /// When every attempt fails they stay for replay, which the user's next line triggers (see
+    /// the module docs).
     async fn publish_with_retries(&self, messages: Vec<(String, String)>) {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         for attempt in 1..=PUBLISH_ATTEMPTS {

@@ -8,7 +8,8 @@
 //!   the client resumes from its last id, so nothing is lost for good);
 //! - `hub_disconnects_total{transport,reason}`: connections ended by reason;
 //! - `hub_notifications_appended_total{outcome}`: consumed notifications, `new` or `duplicate`;
-//! - `hub_resyncs_total`, `hub_replayed_total`, `hub_pubsub_reconnects_total`.
+//! - `hub_resyncs_total`, `hub_replayed_total`, `hub_pubsub_reconnects_total`,
+//!   `hub_live_gaps_total` (Redis Cluster: a live line arrived before its predecessor).
 
 use crate::protocol::CloseReason;
 
@@ -66,6 +67,12 @@ pub fn appended(outcome: &'static str, count: usize) {
 
 pub fn replayed(count: usize) {
     metrics::counter!("hub_replayed_total").increment(count as u64);
+}
+
+/// A live line on a Redis Cluster came after an entry the connection had not delivered (publishes
+/// reordered or lost between the store and the replica); the connection replayed instead.
+pub fn live_gap() {
+    metrics::counter!("hub_live_gaps_total").increment(1);
 }
 
 pub fn resync() {

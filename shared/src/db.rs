@@ -197,7 +197,10 @@ pub async fn connect_redis(
     settings: &RedisSettings,
     max_wait: Duration,
 ) -> Result<RedisConnection, ConnectError> {
-    let address = redact_url(settings.url.expose());
+    let address = (settings.url.expose().split(','))
+        .map(|url| redact_url(url.trim()))
+        .collect::<Vec<_>>()
+        .join(",");
     let nodes = redis_conn::nodes(settings.url.expose()).map_err(|e| ConnectError::BadUrl {
         server: "Redis",
         reason: e.to_string(),

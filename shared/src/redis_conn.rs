@@ -219,6 +219,15 @@ impl RedisConnection {
             .into_iter()
             .map(|(slots, host, port)| {
                 let mut master = self.nodes[0].clone();
+                // An empty or unknown host means "the node you asked" (any seed will do).
+                let host = match &master.addr {
+                    ConnectionAddr::Tcp(seed, _) | ConnectionAddr::TcpTls { host: seed, .. }
+                        if host.is_empty() || host == "?" =>
+                    {
+                        seed.clone()
+                    }
+                    _ => host,
+                };
                 master.addr = match master.addr {
                     ConnectionAddr::TcpTls {
                         insecure,

@@ -165,16 +165,8 @@ impl LoginRateLimiter {
         let id = Uuid::new_v4().simple().to_string();
         let limits = [self.limits.per_account, self.limits.per_address];
         let wait_ms = if self.redis.is_cluster() {
-            // One subject per call; an attempt admitted for the account but refused for the
-            // address is taken back from the account.
-            let mut wait_ms = self.try_admit(&keys[..1], &id, &limits[..1]).await?;
-            if wait_ms == 0 {
-                wait_ms = self.try_admit(&keys[1..], &id, &limits[1..]).await?;
-                if wait_ms > 0 {
-                    self.release(&keys[..1], &id).await?;
-                }
-            }
-            wait_ms
+            self.admit_one_subject_at_a_time(&keys, &id, &limits)
+                .await?
         } else {
             self.try_admit(&keys, &id, &limits).await?
         };
@@ -185,6 +177,27 @@ impl LoginRateLimiter {
                 retry_after: Duration::from_millis(wait_ms),
             }
         })
+    }
+
+    /// On a cluster, where the two sets live in different slots: the address first (the subject
+    /// an attacker controls, so a blocked address reserves nothing on the account), then the
+    /// account; an attempt admitted for the address but refused for the account, or whose
+    /// account check failed, is taken back from the address.
+    async fn admit_one_subject_at_a_time(
+        &self,
+        keys: &[String; 2],
+        id: &str,
+        limits: &[Limit; 2],
+    ) -> Result<u64, redis::RedisError> {
+        let wait_ms = self.try_admit(&keys[1..], id, &limits[1..]).await?;
+        if wait_ms > 0 {
+            return Ok(wait_ms);
+        }
+        let account = self.try_admit(&keys[..1], id, &limits[..1]).await;
+        if !matches!(account, Ok(0)) {
+            self.release(&keys[1..], id).await?;
+        }
+        account
     }
 
     /// One run of the admit script over `keys` with their `limits`.
