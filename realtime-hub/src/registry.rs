@@ -325,13 +325,20 @@ pub async fn run_pubsub(
         revocations: registry.revocations_channel.clone(),
     };
     let redis = registry.store.connection();
+    // Between failed refreshes: the link can come up while presence cannot be written (on a
+    // cluster, the shard of the replica's channel answers and another does not).
+    let mut refresh_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while let Some(link) = Link::open(&redis, &channels, &shutdown).await {
         if !first_link {
             // Entries may have lapsed, or Redis restarted empty, while the link was down.
             if let Err(error) = presence.refresh(&registry).await {
                 tracing::warn!(%error, "refreshing presence failed; reconnecting");
+                if !refresh_backoff.wait(&shutdown).await {
+                    break;
+                }
                 continue;
             }
+            refresh_backoff.reset();
             tracing::info!(
                 users = presence.recorded.len(),
                 "Redis pub/sub link restored"

@@ -2,7 +2,7 @@
 //!
 //! Logs go to stderr, so commands that print results (`instaclone replay`) keep stdout clean.
 //! The filter comes from `RUST_LOG` (default `info`). Request ids (`x-request-id`) are recorded on
-//! each request's span by [`crate::http::request_id_layers`], so they appear on every line logged
+//! each request's span by [`crate::http::with_common_layers`], so they appear on every line logged
 //! while the request is handled.
 
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};

@@ -1,10 +1,10 @@
 //! The public API as one table: every route the gateway answers, where it goes, what it needs.
 //!
-//! The router (`crate::build_router`) and the OpenAPI document (`crate::openapi`) are both made
-//! from [`PUBLIC_ROUTES`], so a route cannot be served without being documented or documented
-//! without being served. Routes are listed one by one rather than forwarded by prefix: anything
-//! not in the table (`/internal/*` above all) is a 404 at the gateway and never reaches a
-//! service, and request metrics are labelled with these templates, never raw paths.
+//! The router (`proxied_routes` in the crate root) and the OpenAPI document ([`crate::openapi`])
+//! are both made from [`PUBLIC_ROUTES`], so a route cannot be served without being documented or
+//! documented without being served. Routes are listed one by one rather than forwarded by
+//! prefix: anything not in the table (`/internal/*` above all) is a 404 at the gateway and never
+//! reaches a service, and request metrics are labelled with these templates, never raw paths.
 
 use axum::http::Method;
 
