@@ -21,9 +21,11 @@ use crate::{
     config::{Secret, Settings},
 };
 
-/// How long a test waits for a backing server before failing with its name (generous: when the
-/// whole suite runs, dozens of parts start at once against the same servers).
-pub const TEST_STARTUP_WAIT: Duration = Duration::from_secs(40);
+/// How long a test waits for a backing server before failing with its name. Generous: when the
+/// whole suite runs, dozens of parts start at once against the same servers, and a RabbitMQ
+/// churning through the suite's short-lived queues and streams was seen to stop answering for
+/// about 50 s at a time on these 2-core machines.
+pub const TEST_STARTUP_WAIT: Duration = Duration::from_secs(120);
 /// The single Redis that tests which cut Redis through a [`TcpProxy`] use, when the suite runs
 /// on a Redis Cluster (`REDIS_SINGLE_URL`, default the local server).
 const SINGLE_REDIS_URL: &str = "redis://127.0.0.1:6379";
