@@ -10,6 +10,7 @@ use std::{
 };
 
 use futures_util::StreamExt;
+use instaclone_shared::auth::TokenIssuer;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -110,37 +111,137 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
         Some(client::token_issuer()?)
     };
     let rss_before = args.pid.map(client::rss_kib).transpose()?;
-    let open = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
-    let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    // Per opened connection: handshake time (from the attempt) and when it opened.
-    let handshakes_done = Arc::new(std::sync::Mutex::new(Vec::<(Duration, f64)>::new()));
     let bar = progress::bar(args.count as u64, "connecting");
     let cpu = CpuWatch::start(watched);
-    let started = Instant::now();
-    let mut handshakes = Vec::with_capacity(args.count);
-    let arrivals = Arrivals::default();
-    let mut users = Vec::with_capacity(args.count);
-    for i in 0..args.count {
-        let permit = permits.clone().acquire_owned().await?;
-        let user = Uuid::now_v7();
-        users.push(user);
-        let token = match &issuer {
-            Some(issuer) => Some(client::mint(issuer, user)?),
-            None => None,
-        };
-        let (url, task_open, task_failed, task_error, task_done) = (
-            args.url.clone(),
-            open.clone(),
-            failed.clone(),
-            first_error.clone(),
-            handshakes_done.clone(),
+    let opening = Opening::new(&args);
+    let users = opening.open_all(&args, issuer.as_ref(), &bar).await?;
+    // Wait for the last handshakes.
+    let _ = opening
+        .permits
+        .acquire_many(u32::try_from(args.concurrency.max(1))?)
+        .await?;
+    let connect_seconds = opening.started.elapsed().as_secs_f64();
+    let opened = opening.open.load(Ordering::Relaxed);
+    progress::finish(
+        &bar,
+        format!(
+            "{opened} open, {} failed; holding {}s",
+            opening.failed.load(Ordering::Relaxed),
+            args.hold_secs
+        ),
+    );
+    tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
+    let rss_after = args.pid.map(client::rss_kib).transpose()?;
+    let still_open = opening.open.load(Ordering::Relaxed);
+    let per_connection_bytes = match (rss_before, rss_after) {
+        (Some(before), Some(after)) if still_open > 0 => {
+            Some(after.saturating_sub(before) * 1024 / still_open as u64)
+        }
+        _ => None,
+    };
+    let round = if args.round {
+        Some(broadcast_round(&args, &users, &opening.arrivals, still_open).await?)
+    } else {
+        None
+    };
+    let error = opening
+        .first_error
+        .lock()
+        .ok()
+        .and_then(|slot| slot.clone());
+    let cpu = cpu.finish();
+    Ok(build_report(
+        &args,
+        &opening,
+        Measured {
+            opened,
+            connect_seconds,
+            still_open,
+            rss: (rss_before, rss_after),
+            per_connection_bytes,
+            round,
+            error,
+            cpu,
+        },
+    ))
+}
+
+/// The connections being opened: how many handshakes may run at once, and what each
+/// connection's task reports.
+struct Opening {
+    permits: Arc<Semaphore>,
+    open: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    first_error: Arc<std::sync::Mutex<Option<String>>>,
+    /// Per opened connection: handshake time (from the attempt) and when it opened.
+    handshakes_done: Arc<std::sync::Mutex<Vec<(Duration, f64)>>>,
+    arrivals: Arrivals,
+    /// The first attempt.
+    started: Instant,
+}
+
+impl Opening {
+    fn new(args: &Args) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(args.concurrency.max(1))),
+            open: Arc::new(AtomicUsize::new(0)),
+            failed: Arc::new(AtomicUsize::new(0)),
+            first_error: Arc::new(std::sync::Mutex::new(None)),
+            handshakes_done: Arc::new(std::sync::Mutex::new(Vec::new())),
+            arrivals: Arrivals::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Starts `--count` connections, `--concurrency` handshakes at a time, each held by a task
+    /// of its own until the server closes it; returns their users.
+    async fn open_all(
+        &self,
+        args: &Args,
+        issuer: Option<&TokenIssuer>,
+        bar: &indicatif::ProgressBar,
+    ) -> anyhow::Result<Vec<Uuid>> {
+        let mut users = Vec::with_capacity(args.count);
+        for i in 0..args.count {
+            let permit = self.permits.clone().acquire_owned().await?;
+            let user = Uuid::now_v7();
+            users.push(user);
+            let token = match issuer {
+                Some(issuer) => Some(client::mint(issuer, user)?),
+                None => None,
+            };
+            let source = client::source_address(i, args.sources);
+            tokio::spawn(self.hold(args, source, token, permit));
+            bar.inc(1);
+            if (i + 1) % 100 == 0 {
+                bar.set_message(format!(
+                    "{} open, {} failed",
+                    self.open.load(Ordering::Relaxed),
+                    self.failed.load(Ordering::Relaxed)
+                ));
+            }
+        }
+        Ok(users)
+    }
+
+    /// One connection's task: the handshake (giving `permit` back when it is done), then
+    /// reading until the server closes.
+    fn hold(
+        &self,
+        args: &Args,
+        source: std::net::IpAddr,
+        token: Option<String>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let (url, transport, started) = (args.url.clone(), args.transport, self.started);
+        let (open, failed, first_error, done, arrivals) = (
+            self.open.clone(),
+            self.failed.clone(),
+            self.first_error.clone(),
+            self.handshakes_done.clone(),
+            self.arrivals.clone(),
         );
-        let source = client::source_address(i, args.sources);
-        let transport = args.transport;
-        let task_arrivals = arrivals.clone();
-        handshakes.push(tokio::spawn(async move {
+        async move {
             let attempt = Instant::now();
             let connected = match transport {
                 Transport::Ws => client::connect(&url, source, token.as_deref())
@@ -153,17 +254,17 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
             drop(permit);
             match connected {
                 Ok(held) => {
-                    task_open.fetch_add(1, Ordering::Relaxed);
+                    open.fetch_add(1, Ordering::Relaxed);
                     let opened_at = started.elapsed();
-                    if let Ok(mut done) = task_done.lock() {
+                    if let Ok(mut done) = done.lock() {
                         done.push((attempt.elapsed(), opened_at.as_secs_f64()));
                     }
-                    held.read_until_closed(task_arrivals).await;
-                    task_open.fetch_sub(1, Ordering::Relaxed);
+                    held.read_until_closed(arrivals).await;
+                    open.fetch_sub(1, Ordering::Relaxed);
                 }
                 Err(error) => {
-                    task_failed.fetch_add(1, Ordering::Relaxed);
-                    task_error
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    first_error
                         .lock()
                         .map(|mut slot| {
                             slot.get_or_insert_with(|| error.to_string());
@@ -171,55 +272,37 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
                         .ok();
                 }
             }
-        }));
-        bar.inc(1);
-        if (i + 1) % 100 == 0 {
-            bar.set_message(format!(
-                "{} open, {} failed",
-                open.load(Ordering::Relaxed),
-                failed.load(Ordering::Relaxed)
-            ));
         }
     }
-    // Wait for the last handshakes.
-    let _ = permits
-        .acquire_many(u32::try_from(args.concurrency.max(1))?)
-        .await?;
-    let connect_seconds = started.elapsed().as_secs_f64();
-    let opened = open.load(Ordering::Relaxed);
-    progress::finish(
-        &bar,
-        format!(
-            "{opened} open, {} failed; holding {}s",
-            failed.load(Ordering::Relaxed),
-            args.hold_secs
-        ),
-    );
-    tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
-    let rss_after = args.pid.map(client::rss_kib).transpose()?;
-    let still_open = open.load(Ordering::Relaxed);
-    let per_connection_bytes = match (rss_before, rss_after) {
-        (Some(before), Some(after)) if still_open > 0 => {
-            Some(after.saturating_sub(before) * 1024 / still_open as u64)
-        }
-        _ => None,
-    };
-    let round = if args.round {
-        Some(broadcast_round(&args, &users, &arrivals, still_open).await?)
-    } else {
-        None
-    };
-    let error = first_error.lock().ok().and_then(|slot| slot.clone());
-    let cpu = cpu.finish();
+}
+
+/// What the run measured, besides what [`Opening`] counted.
+struct Measured {
+    opened: usize,
+    connect_seconds: f64,
+    still_open: usize,
+    /// The server's resident memory (KiB) before the first attempt and after the hold.
+    rss: (Option<u64>, Option<u64>),
+    per_connection_bytes: Option<u64>,
+    round: Option<serde_json::Value>,
+    error: Option<String>,
+    cpu: serde_json::Value,
+}
+
+fn build_report(args: &Args, opening: &Opening, measured: Measured) -> Report {
+    let Measured {
+        opened, still_open, ..
+    } = measured;
     let mut handshake = Samples::new();
     let mut opened_at = Vec::new();
-    if let Ok(done) = handshakes_done.lock() {
+    if let Ok(done) = opening.handshakes_done.lock() {
         for &(latency, at) in done.iter() {
             handshake.record(latency);
             opened_at.push(at);
         }
     }
-    let per_second = stats::per_second(opened_at, connect_seconds.ceil().max(1.0) as usize);
+    let per_second =
+        stats::per_second(opened_at, measured.connect_seconds.ceil().max(1.0) as usize);
     let handshake_summary = handshake.summary();
     let json = json!({
         "scenario": "connections",
@@ -228,19 +311,19 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
         "requested": args.count,
         "sources": args.sources,
         "opened": opened,
-        "failed": failed.load(Ordering::Relaxed),
-        "firstError": error,
-        "connectSeconds": connect_seconds,
+        "failed": opening.failed.load(Ordering::Relaxed),
+        "firstError": measured.error,
+        "connectSeconds": measured.connect_seconds,
         "heldSeconds": args.hold_secs,
         "openAfterHold": still_open,
         "serverPid": args.pid,
-        "serverRssBeforeKiB": rss_before,
-        "serverRssAfterKiB": rss_after,
-        "serverBytesPerConnection": per_connection_bytes,
+        "serverRssBeforeKiB": measured.rss.0,
+        "serverRssAfterKiB": measured.rss.1,
+        "serverBytesPerConnection": measured.per_connection_bytes,
         "handshakeMillis": handshake_summary,
         "openedPerSecond": per_second,
-        "round": round,
-        "machine": cpu,
+        "round": measured.round,
+        "machine": measured.cpu,
     });
     let description = vec![
         format!(
@@ -255,12 +338,14 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
             "opened {opened}, failed {}, open after {} s idle {still_open}; server {} bytes per connection; handshake {}",
             json["failed"],
             args.hold_secs,
-            per_connection_bytes.map_or_else(|| "?".to_owned(), |b| b.to_string()),
+            measured
+                .per_connection_bytes
+                .map_or_else(|| "?".to_owned(), |b| b.to_string()),
             report::short_summary(&handshake_summary)
         ),
         report::cpu_line(&json["machine"]),
     ];
-    Ok(Report {
+    Report {
         name: "connections".into(),
         title: "connections: idle sockets held by one server".into(),
         description,
@@ -281,7 +366,7 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
             },
         ],
         json,
-    })
+    }
 }
 
 /// One notification to every user (the ones whose connection failed simply never receive

@@ -240,85 +240,8 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
         Duration::from_secs(args.stack.timeout_secs),
         args.stack.max_in_flight,
     )?;
-
-    // Who connects, with which token; who posts.
-    let mut posters = Vec::new();
-    let mut tokens: Vec<Option<String>> = Vec::with_capacity(args.clients);
-    let mut users = Vec::new();
-    let mut setup = json!(null);
-    let mut backlog = None;
-    match args.target {
-        Target::Stack => {
-            let run = api::run_id();
-            progress::note(format!(
-                "fanout --target stack: {} posters and {} followers ({run}-*) against {}",
-                args.posters, args.clients, args.stack.api
-            ));
-            let clock = Instant::now();
-            let accounts = api
-                .register_many(
-                    &run,
-                    args.posters + args.clients,
-                    args.stack.register_concurrency,
-                    "registering",
-                )
-                .await?;
-            let register_seconds = clock.elapsed().as_secs_f64();
-            let clock = Instant::now();
-            let pairs: Vec<(usize, usize)> = (args.posters..accounts.len())
-                .flat_map(|follower| (0..args.posters).map(move |poster| (follower, poster)))
-                .collect();
-            api.follow_many(&accounts, &pairs, args.stack.setup_concurrency)
-                .await?;
-            let follow_seconds = clock.elapsed().as_secs_f64();
-            let (settle, queues) =
-                backlog::settle(Duration::from_secs(args.stack.settle_secs)).await;
-            backlog = queues;
-            setup = json!({
-                "runId": run,
-                "registerSeconds": register_seconds,
-                "follows": pairs.len(),
-                "followSeconds": follow_seconds,
-                "settle": settle,
-            });
-            let mut accounts = accounts;
-            let followers = accounts.split_off(args.posters);
-            tokens.extend(followers.into_iter().map(|a| Some(a.access_token)));
-            posters = accounts;
-        }
-        Target::Hub => {
-            let issuer = client::token_issuer()?;
-            for _ in 0..args.clients {
-                let user = Uuid::now_v7();
-                tokens.push(Some(client::mint(&issuer, user)?));
-                users.push(user);
-            }
-        }
-        Target::Broadcast => tokens.resize(args.clients, None),
-    }
-
-    // Connect.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let received = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::with_capacity(args.clients);
-    let bar = progress::bar(args.clients as u64, "connecting");
-    for (i, token) in tokens.iter().enumerate() {
-        let socket = client::connect(
-            &args.url,
-            client::source_address(i, args.sources),
-            token.as_deref(),
-        )
-        .await
-        .with_context(|| format!("client {i} could not connect to {}", args.url))?;
-        clients.push(tokio::spawn(receive(
-            socket,
-            args.target,
-            received.clone(),
-            stop_rx.clone(),
-        )));
-        bar.inc(1);
-    }
-    progress::finish(&bar, format!("{} clients connected", args.clients));
+    let cast = Cast::prepare(&args, &api).await?;
+    let clients = Clients::connect(&args, &cast.tokens).await?;
     // Let the hub finish subscribing everyone.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -327,97 +250,323 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
     let cpu = CpuWatch::start(watched);
     let bar = progress::bar(total, "publishing");
     let (start, sent, posts) = match args.target {
-        Target::Stack => publish_to_stack(&args, &api, posters, total, &bar).await,
-        Target::Hub => publish_to_hub(&args, &users, total, &bar).await?,
+        Target::Stack => publish_to_stack(&args, &api, cast.posters, total, &bar).await,
+        Target::Hub => publish_to_hub(&args, &cast.users, total, &bar).await?,
         Target::Broadcast => publish_to_broadcast(&args, total, &bar).await?,
     };
     let publish_seconds = start.elapsed().as_secs_f64();
 
-    // Drain: until every owed delivery arrived, or `--drain-secs` after the last was due.
     let expected = match args.target {
         Target::Stack => posts.ok * args.clients as u64,
         _ => total * args.clients as u64,
     };
-    let bar = progress::bar(expected, "deliveries");
     let deadline = start + open_loop::due(total, args.rate) + Duration::from_secs(args.drain_secs);
-    loop {
-        let now = received.load(Ordering::Relaxed);
-        bar.set_position(now);
-        if now >= expected || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let cpu = cpu.finish();
-    let run_seconds = start.elapsed().as_secs_f64();
-    let backlog_at_end = backlog::final_depths(backlog).await;
-    let _ = stop_tx.send(true);
-    let mut per_client = Vec::with_capacity(clients.len());
-    for client in clients {
-        per_client.push(client.await?);
-    }
-    progress::finish(
-        &bar,
-        format!(
-            "{} of {expected} received",
-            received.load(Ordering::Relaxed)
-        ),
-    );
+    let drained = clients
+        .drain(expected, deadline, &cpu, cast.backlog)
+        .await?;
+    let run_seconds = drained.run_seconds(start);
+    let deliveries = Deliveries::join(args.target, &drained.per_client, &sent, start);
+    Ok(build_report(
+        &args,
+        Measured {
+            total,
+            expected,
+            publish_seconds,
+            run_seconds,
+            sent,
+            posts,
+            deliveries,
+            setup: cast.setup,
+            backlog_at_end: drained.backlog_at_end,
+            cpu: drained.cpu,
+        },
+    ))
+}
 
-    // Join arrivals to what was sent.
-    let mut latency = Samples::new();
-    let mut to_notification = Samples::new();
-    let mut post_to_notification = Samples::new();
-    let mut notification_to_socket = Samples::new();
-    let mut arrival_offsets = Vec::new();
-    let (mut unique, mut duplicates, mut unmatched) = (0_u64, 0_u64, 0_u64);
-    for arrivals in &per_client {
-        let mut seen = HashSet::with_capacity(arrivals.len());
-        for arrival in arrivals {
-            let Some(message) = sent.get(&arrival.key) else {
-                unmatched += 1;
-                continue;
-            };
-            if !seen.insert(arrival.key.as_str()) {
-                duplicates += 1;
-                continue;
-            }
-            unique += 1;
-            let at = arrival.at.saturating_duration_since(start);
-            arrival_offsets.push(at.as_secs_f64());
-            match args.target {
-                Target::Stack => {
-                    latency.record(open_loop::corrected_latency(message.due, at));
-                    if let Some(created) = arrival.created {
-                        record_between(&mut to_notification, message.due_wall, created);
-                        if let Some(post_created) = message.post_created {
-                            record_between(&mut post_to_notification, post_created, created);
-                        }
-                        record_between(&mut notification_to_socket, created, arrival.wall);
-                    }
+/// Who connects, with which token, and who posts.
+struct Cast {
+    /// One per client: `None` for the broadcast server, which takes no token.
+    tokens: Vec<Option<String>>,
+    /// The posting accounts (`stack`).
+    posters: Vec<Account>,
+    /// The clients' users (`hub`).
+    users: Vec<Uuid>,
+    /// How the set-up went (`stack`).
+    setup: Value,
+    /// The broker connection for the end-of-run queue depths (`stack`).
+    backlog: Option<backlog::Backlog>,
+}
+
+impl Cast {
+    async fn prepare(args: &Args, api: &Api) -> anyhow::Result<Self> {
+        let mut cast = Self {
+            tokens: Vec::with_capacity(args.clients),
+            posters: Vec::new(),
+            users: Vec::new(),
+            setup: json!(null),
+            backlog: None,
+        };
+        match args.target {
+            Target::Stack => cast.register_stack(args, api).await?,
+            Target::Hub => {
+                let issuer = client::token_issuer()?;
+                for _ in 0..args.clients {
+                    let user = Uuid::now_v7();
+                    cast.tokens.push(Some(client::mint(&issuer, user)?));
+                    cast.users.push(user);
                 }
-                // The hub's and the broadcast server's messages carry their scheduled time.
-                Target::Hub | Target::Broadcast => {
-                    if let Some(created) = arrival.created {
-                        record_between(&mut latency, created, arrival.wall);
+            }
+            Target::Broadcast => cast.tokens.resize(args.clients, None),
+        }
+        Ok(cast)
+    }
+
+    /// Registers the posters and the followers through the API, makes every follower follow
+    /// every poster, and waits for the queues to settle.
+    async fn register_stack(&mut self, args: &Args, api: &Api) -> anyhow::Result<()> {
+        let run = api::run_id();
+        progress::note(format!(
+            "fanout --target stack: {} posters and {} followers ({run}-*) against {}",
+            args.posters, args.clients, args.stack.api
+        ));
+        let clock = Instant::now();
+        let mut accounts = api
+            .register_many(
+                &run,
+                args.posters + args.clients,
+                args.stack.register_concurrency,
+                "registering",
+            )
+            .await?;
+        let register_seconds = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
+        let pairs: Vec<(usize, usize)> = (args.posters..accounts.len())
+            .flat_map(|follower| (0..args.posters).map(move |poster| (follower, poster)))
+            .collect();
+        api.follow_many(&accounts, &pairs, args.stack.setup_concurrency)
+            .await?;
+        let follow_seconds = clock.elapsed().as_secs_f64();
+        let (settle, queues) = backlog::settle(Duration::from_secs(args.stack.settle_secs)).await;
+        self.backlog = queues;
+        self.setup = json!({
+            "runId": run,
+            "registerSeconds": register_seconds,
+            "follows": pairs.len(),
+            "followSeconds": follow_seconds,
+            "settle": settle,
+        });
+        let followers = accounts.split_off(args.posters);
+        self.tokens
+            .extend(followers.into_iter().map(|a| Some(a.access_token)));
+        self.posters = accounts;
+        Ok(())
+    }
+}
+
+/// The connected clients, each a task recording what it receives.
+struct Clients {
+    stop: watch::Sender<bool>,
+    received: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Arrival>>>,
+}
+
+/// What the clients received, and the machine's and the queues' state when they stopped.
+struct Drained {
+    per_client: Vec<Vec<Arrival>>,
+    cpu: Value,
+    /// When the drain ended.
+    ended: Instant,
+    backlog_at_end: Value,
+}
+
+impl Drained {
+    fn run_seconds(&self, start: Instant) -> f64 {
+        self.ended.saturating_duration_since(start).as_secs_f64()
+    }
+}
+
+impl Clients {
+    /// Connects one client per token, spread over the source addresses.
+    async fn connect(args: &Args, tokens: &[Option<String>]) -> anyhow::Result<Self> {
+        let (stop, stop_rx) = watch::channel(false);
+        let received = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::with_capacity(args.clients);
+        let bar = progress::bar(args.clients as u64, "connecting");
+        for (i, token) in tokens.iter().enumerate() {
+            let socket = client::connect(
+                &args.url,
+                client::source_address(i, args.sources),
+                token.as_deref(),
+            )
+            .await
+            .with_context(|| format!("client {i} could not connect to {}", args.url))?;
+            tasks.push(tokio::spawn(receive(
+                socket,
+                args.target,
+                received.clone(),
+                stop_rx.clone(),
+            )));
+            bar.inc(1);
+        }
+        progress::finish(&bar, format!("{} clients connected", args.clients));
+        Ok(Self {
+            stop,
+            received,
+            tasks,
+        })
+    }
+
+    /// Waits until every owed delivery (`expected`) arrived, or until `deadline`; then reads
+    /// the CPU use and the queue depths, stops the clients and collects what they received.
+    async fn drain(
+        self,
+        expected: u64,
+        deadline: Instant,
+        cpu: &CpuWatch,
+        backlog: Option<backlog::Backlog>,
+    ) -> anyhow::Result<Drained> {
+        let bar = progress::bar(expected, "deliveries");
+        loop {
+            let now = self.received.load(Ordering::Relaxed);
+            bar.set_position(now);
+            if now >= expected || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let cpu = cpu.finish();
+        let ended = Instant::now();
+        let backlog_at_end = backlog::final_depths(backlog).await;
+        let _ = self.stop.send(true);
+        let mut per_client = Vec::with_capacity(self.tasks.len());
+        for task in self.tasks {
+            per_client.push(task.await?);
+        }
+        progress::finish(
+            &bar,
+            format!(
+                "{} of {expected} received",
+                self.received.load(Ordering::Relaxed)
+            ),
+        );
+        Ok(Drained {
+            per_client,
+            cpu,
+            ended,
+            backlog_at_end,
+        })
+    }
+}
+
+/// The clients' arrivals joined to what was sent.
+#[derive(Default)]
+struct Deliveries {
+    /// From the scheduled send time to the socket.
+    latency: Samples,
+    /// Stages (`stack`): due time to the notification's `createdAt`, the post's `createdAt` to
+    /// the notification's, and the notification's to the socket.
+    to_notification: Samples,
+    post_to_notification: Samples,
+    notification_to_socket: Samples,
+    /// Seconds from the start of publishing to each unique arrival.
+    arrival_offsets: Vec<f64>,
+    unique: u64,
+    duplicates: u64,
+    /// Arrivals of messages this run did not send.
+    unmatched: u64,
+}
+
+impl Deliveries {
+    fn join(
+        target: Target,
+        per_client: &[Vec<Arrival>],
+        sent: &HashMap<String, Sent>,
+        start: Instant,
+    ) -> Self {
+        let mut joined = Self::default();
+        for arrivals in per_client {
+            let mut seen = HashSet::with_capacity(arrivals.len());
+            for arrival in arrivals {
+                let Some(message) = sent.get(&arrival.key) else {
+                    joined.unmatched += 1;
+                    continue;
+                };
+                if !seen.insert(arrival.key.as_str()) {
+                    joined.duplicates += 1;
+                    continue;
+                }
+                joined.unique += 1;
+                joined.record(target, message, arrival, start);
+            }
+        }
+        joined
+    }
+
+    /// One unique arrival of `message`.
+    fn record(&mut self, target: Target, message: &Sent, arrival: &Arrival, start: Instant) {
+        let at = arrival.at.saturating_duration_since(start);
+        self.arrival_offsets.push(at.as_secs_f64());
+        match target {
+            Target::Stack => {
+                self.latency
+                    .record(open_loop::corrected_latency(message.due, at));
+                if let Some(created) = arrival.created {
+                    record_between(&mut self.to_notification, message.due_wall, created);
+                    if let Some(post_created) = message.post_created {
+                        record_between(&mut self.post_to_notification, post_created, created);
                     }
+                    record_between(&mut self.notification_to_socket, created, arrival.wall);
+                }
+            }
+            // The hub's and the broadcast server's messages carry their scheduled time.
+            Target::Hub | Target::Broadcast => {
+                if let Some(created) = arrival.created {
+                    record_between(&mut self.latency, created, arrival.wall);
                 }
             }
         }
     }
+}
+
+/// Everything a run measured, for its report.
+struct Measured {
+    /// Messages due.
+    total: u64,
+    expected: u64,
+    publish_seconds: f64,
+    run_seconds: f64,
+    sent: HashMap<String, Sent>,
+    posts: PostStats,
+    deliveries: Deliveries,
+    setup: Value,
+    backlog_at_end: Value,
+    cpu: Value,
+}
+
+fn build_report(args: &Args, mut measured: Measured) -> Report {
+    let Deliveries {
+        unique,
+        duplicates,
+        unmatched,
+        ..
+    } = measured.deliveries;
+    let expected = measured.expected;
     let missing = expected.saturating_sub(unique);
-    let seconds = run_seconds.ceil().max(1.0) as usize;
+    let seconds = measured.run_seconds.ceil().max(1.0) as usize;
+    let arrival_offsets = std::mem::take(&mut measured.deliveries.arrival_offsets);
     let last_arrival = arrival_offsets.iter().copied().fold(0.0_f64, f64::max);
     let delivered = stats::per_second(arrival_offsets, seconds);
     let owed = stats::per_second(
-        sent.values()
+        measured
+            .sent
+            .values()
             .flat_map(|m| std::iter::repeat_n(m.due.as_secs_f64(), args.clients)),
         seconds,
     );
     // Deliveries per second over the whole delivery: from the start to the last arrival (longer
     // than the publishing when the pipeline falls behind).
-    let window = last_arrival.max(publish_seconds).max(f64::EPSILON);
-    let latency_summary = latency.summary();
+    let window = last_arrival.max(measured.publish_seconds).max(f64::EPSILON);
+    let latency_summary = measured.deliveries.latency.summary();
 
     let mut json = json!({
         "scenario": "fanout",
@@ -426,20 +575,20 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
         "clients": args.clients,
         "ratePerSecond": args.rate,
         "durationSeconds": args.duration_secs,
-        "messages": total,
+        "messages": measured.total,
         "expectedDeliveries": expected,
         "receivedDeliveries": unique + duplicates,
         "uniqueDeliveries": unique,
         "missingDeliveries": missing,
         "duplicateDeliveries": duplicates,
         "unmatchedDeliveries": unmatched,
-        "publishSeconds": publish_seconds,
-        "runSeconds": run_seconds,
+        "publishSeconds": measured.publish_seconds,
+        "runSeconds": measured.run_seconds,
         "deliveriesPerSecond": unique as f64 / window,
         "lastArrivalSeconds": last_arrival,
         "lagMillis": latency_summary,
         "perSecond": { "delivered": delivered, "owed": owed },
-        "machine": cpu,
+        "machine": measured.cpu,
     });
     let mut latency_series = vec![Series::new(
         match args.target {
@@ -447,9 +596,63 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
             Target::Hub => "publish due -> socket",
             Target::Broadcast => "send due -> socket",
         },
-        latency.percentile_curve(),
+        measured.deliveries.latency.percentile_curve(),
     )];
-    let mut description = vec![match args.target {
+    let mut description = vec![headline(args)];
+    description.push(format!(
+        "deliveries expected {expected}, unique {unique}, missing {missing}, duplicate {duplicates}, unmatched {unmatched}; {:.0}/s; lag {}",
+        unique as f64 / window,
+        report::short_summary(&latency_summary)
+    ));
+    if args.target == Target::Stack {
+        add_stack_details(
+            args,
+            &mut measured,
+            &mut json,
+            &mut description,
+            &mut latency_series,
+        );
+    }
+    description.push(report::cpu_line(&json["machine"]));
+    Report {
+        name: format!("fanout-{}", args.target.name()),
+        title: format!("fanout --target {}", args.target.name()),
+        description,
+        charts: charts(latency_series, &delivered, &owed),
+        json,
+    }
+}
+
+/// Latency by percentile, and deliveries per second (`delivered`) against what was owed.
+fn charts(latency_series: Vec<Series>, delivered: &[u64], owed: &[u64]) -> Vec<Chart> {
+    vec![
+        Chart {
+            title: "Delivery latency by percentile (from the scheduled send time)".into(),
+            x_label: "percentile".into(),
+            y_label: "milliseconds".into(),
+            x_axis: XAxis::Percentile,
+            series: latency_series,
+        },
+        Chart {
+            title: "Deliveries per second".into(),
+            x_label: "seconds since publishing started".into(),
+            y_label: "deliveries per second".into(),
+            x_axis: XAxis::Linear,
+            series: vec![
+                Series::new("delivered", stats::series_points(delivered)),
+                Series::new(
+                    "owed (by due time of the message)",
+                    stats::series_points(owed),
+                )
+                .dashed(),
+            ],
+        },
+    ]
+}
+
+/// The report's first line: what was sent, to whom, over what.
+fn headline(args: &Args) -> String {
+    match args.target {
         Target::Stack => format!(
             "{} posts/s for {} s from {} posters, {} followers each (all follow all), over {} and {}",
             args.rate, args.duration_secs, args.posters, args.clients, args.stack.api, args.url
@@ -462,88 +665,63 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
             "{} ticks/s for {} s to {} clients of the broadcast server {}",
             args.rate, args.duration_secs, args.clients, args.url
         ),
-    }];
-    description.push(format!(
-        "deliveries expected {expected}, unique {unique}, missing {missing}, duplicate {duplicates}, unmatched {unmatched}; {:.0}/s; lag {}",
-        unique as f64 / window,
-        report::short_summary(&latency_summary)
-    ));
-    if args.target == Target::Stack {
-        let mut posts = posts;
-        json["setup"] = setup;
-        json["backlogAtEnd"] = backlog_at_end;
-        json["posters"] = json!(args.posters);
-        json["posts"] = json!({
-            "due": posts.due,
-            "dropped": posts.dropped,
-            "unfinished": posts.unfinished,
-            "ok": posts.ok,
-            "errors": posts.errors,
-            "latencyMillis": posts.latency.summary(),
-            "serviceTimeMillis": posts.service_time.summary(),
-        });
-        json["stagesMillis"] = json!({
-            "dueToNotificationCreated": to_notification.summary(),
-            "postCreatedToNotificationCreated": post_to_notification.summary(),
-            "notificationCreatedToSocket": notification_to_socket.summary(),
-        });
-        description.push(format!(
-            "POST {} (ok {}, dropped {}, errors {:?}); notification createdAt -> socket {}",
-            report::short_summary(&json["posts"]["latencyMillis"]),
-            posts.ok,
-            posts.dropped,
-            posts.errors,
-            report::short_summary(&json["stagesMillis"]["notificationCreatedToSocket"]),
-        ));
-        latency_series.push(Series::new(
-            "POST response (from due)",
-            posts.latency.percentile_curve(),
-        ));
-        latency_series.push(
-            Series::new(
-                "POST due -> notification createdAt",
-                to_notification.percentile_curve(),
-            )
-            .dashed(),
-        );
-        latency_series.push(
-            Series::new(
-                "notification createdAt -> socket",
-                notification_to_socket.percentile_curve(),
-            )
-            .dashed(),
-        );
     }
-    description.push(report::cpu_line(&json["machine"]));
-    Ok(Report {
-        name: format!("fanout-{}", args.target.name()),
-        title: format!("fanout --target {}", args.target.name()),
-        description,
-        charts: vec![
-            Chart {
-                title: "Delivery latency by percentile (from the scheduled send time)".into(),
-                x_label: "percentile".into(),
-                y_label: "milliseconds".into(),
-                x_axis: XAxis::Percentile,
-                series: latency_series,
-            },
-            Chart {
-                title: "Deliveries per second".into(),
-                x_label: "seconds since publishing started".into(),
-                y_label: "deliveries per second".into(),
-                x_axis: XAxis::Linear,
-                series: vec![
-                    Series::new("delivered", stats::series_points(&delivered)),
-                    Series::new(
-                        "owed (by due time of the message)",
-                        stats::series_points(&owed),
-                    )
-                    .dashed(),
-                ],
-            },
-        ],
-        json,
-    })
+}
+
+/// The stack's set-up, its POSTs and the stages of a delivery, in the JSON, the description
+/// and the latency chart.
+fn add_stack_details(
+    args: &Args,
+    measured: &mut Measured,
+    json: &mut Value,
+    description: &mut Vec<String>,
+    latency_series: &mut Vec<Series>,
+) {
+    let posts = &mut measured.posts;
+    let stages = &mut measured.deliveries;
+    json["setup"] = std::mem::take(&mut measured.setup);
+    json["backlogAtEnd"] = std::mem::take(&mut measured.backlog_at_end);
+    json["posters"] = json!(args.posters);
+    json["posts"] = json!({
+        "due": posts.due,
+        "dropped": posts.dropped,
+        "unfinished": posts.unfinished,
+        "ok": posts.ok,
+        "errors": posts.errors,
+        "latencyMillis": posts.latency.summary(),
+        "serviceTimeMillis": posts.service_time.summary(),
+    });
+    json["stagesMillis"] = json!({
+        "dueToNotificationCreated": stages.to_notification.summary(),
+        "postCreatedToNotificationCreated": stages.post_to_notification.summary(),
+        "notificationCreatedToSocket": stages.notification_to_socket.summary(),
+    });
+    description.push(format!(
+        "POST {} (ok {}, dropped {}, errors {:?}); notification createdAt -> socket {}",
+        report::short_summary(&json["posts"]["latencyMillis"]),
+        posts.ok,
+        posts.dropped,
+        posts.errors,
+        report::short_summary(&json["stagesMillis"]["notificationCreatedToSocket"]),
+    ));
+    latency_series.push(Series::new(
+        "POST response (from due)",
+        posts.latency.percentile_curve(),
+    ));
+    latency_series.push(
+        Series::new(
+            "POST due -> notification createdAt",
+            stages.to_notification.percentile_curve(),
+        )
+        .dashed(),
+    );
+    latency_series.push(
+        Series::new(
+            "notification createdAt -> socket",
+            stages.notification_to_socket.percentile_curve(),
+        )
+        .dashed(),
+    );
 }
 
 fn record_between(samples: &mut Samples, from: DateTime<Utc>, to: DateTime<Utc>) {

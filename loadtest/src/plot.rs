@@ -86,23 +86,9 @@ pub fn render(title: &str, description: &[String], charts: &[Chart]) -> String {
 }
 
 fn draw_chart(svg: &mut String, chart: &Chart, top: f64) {
-    let (x0, x1) = (LEFT, WIDTH - RIGHT);
     // Legend under the title, wrapped into as many rows as it needs.
-    let mut placed = Vec::with_capacity(chart.series.len());
-    let (mut legend_x, mut row) = (LEFT, 0_u32);
-    for series in &chart.series {
-        let width = 40.0 + 7.0 * series.label.chars().count() as f64;
-        if legend_x + width > WIDTH - RIGHT && legend_x > LEFT {
-            row += 1;
-            legend_x = LEFT;
-        }
-        placed.push((legend_x, row));
-        legend_x += width;
-    }
-    let (y0, y1) = (
-        top + CHART_HEIGHT - BOTTOM,
-        top + TOP + LEGEND_ROW * f64::from(row),
-    );
+    let placed = place_legend(&chart.series);
+    let rows = placed.last().map_or(0, |&(_, row)| row);
     let _ = write!(
         svg,
         r#"<text x="{LEFT}" y="{}" font-size="14" font-weight="bold">{}</text>"#,
@@ -111,108 +97,175 @@ fn draw_chart(svg: &mut String, chart: &Chart, top: f64) {
     );
     for (i, (series, &(legend_x, row))) in chart.series.iter().zip(&placed).enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let dash = if series.dashed {
-            r#" stroke-dasharray="6 4""#
-        } else {
-            ""
-        };
         let y = top + 36.0 + LEGEND_ROW * f64::from(row);
         let _ = write!(
             svg,
-            r#"<line x1="{legend_x}" y1="{y}" x2="{}" y2="{y}" stroke="{color}" stroke-width="2.5"{dash}/><text x="{}" y="{}">{}</text>"#,
+            r#"<line x1="{legend_x}" y1="{y}" x2="{}" y2="{y}" stroke="{color}" stroke-width="2.5"{}/><text x="{}" y="{}">{}</text>"#,
             legend_x + 22.0,
+            dash(series),
             legend_x + 27.0,
             y + 4.0,
             escape(&series.label),
         );
     }
-
-    let points = chart.series.iter().flat_map(|s| s.points.iter());
-    let (x_max_data, y_max_data) = points.fold((0.0_f64, 0.0_f64), |(x, y), &(px, py)| {
-        (x.max(px), y.max(py))
-    });
-    // A time axis ends where the data ends; the percentile axis at a whole "nine".
-    let (x_ticks, x_max): (Vec<(f64, String)>, f64) = match chart.x_axis {
-        XAxis::Linear if x_max_data > 0.0 => {
-            let mut ticks = linear_ticks(x_max_data, 10);
-            ticks.retain(|t| t.0 <= x_max_data * (1.0 + 1e-9));
-            (ticks, x_max_data)
-        }
-        XAxis::Linear => (linear_ticks(1.0, 10), 1.0),
-        XAxis::Percentile => {
-            let ticks = percentile_ticks(x_max_data);
-            let max = ticks.last().map_or(1.0, |t| t.0);
-            (ticks, max)
-        }
-    };
-    // A little headroom, so a flat line at the maximum does not run along the frame.
-    let y_ticks = linear_ticks(y_max_data * 1.04, 6);
-    let y_max = y_ticks.last().map_or(1.0, |t| t.0).max(f64::MIN_POSITIVE);
-    let sx = |x: f64| x0 + (x1 - x0) * x / x_max;
-    let sy = |y: f64| y0 - (y0 - y1) * y / y_max;
-
-    for (value, label) in &y_ticks {
-        let y = sy(*value);
-        let _ = write!(
-            svg,
-            r##"<line x1="{x0}" y1="{y:.1}" x2="{x1}" y2="{y:.1}" stroke="#e3e3e3"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>"##,
-            x0 - 6.0,
-            y + 4.0
-        );
-    }
-    for (value, label) in &x_ticks {
-        let x = sx(*value);
-        let _ = write!(
-            svg,
-            r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{y1}" stroke="#e3e3e3"/><text x="{x:.1}" y="{}" text-anchor="middle">{label}</text>"##,
-            y0 + 16.0
-        );
-    }
-    let _ = write!(
-        svg,
-        r##"<rect x="{x0}" y="{y1}" width="{}" height="{}" fill="none" stroke="#888"/>"##,
-        x1 - x0,
-        y0 - y1
-    );
-    let _ = write!(
-        svg,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-        (x0 + x1) / 2.0,
-        y0 + 36.0,
-        escape(&chart.x_label)
-    );
-    let (label_x, label_y) = (18.0, (y0 + y1) / 2.0);
-    let _ = write!(
-        svg,
-        r#"<text x="{label_x}" y="{label_y}" text-anchor="middle" transform="rotate(-90 {label_x} {label_y})">{}</text>"#,
-        escape(&chart.y_label)
-    );
-    if chart.series.iter().all(|s| s.points.is_empty()) {
-        let _ = write!(
-            svg,
-            r##"<text x="{}" y="{}" text-anchor="middle" fill="#888" font-size="16">no data</text>"##,
-            (x0 + x1) / 2.0,
-            (y0 + y1) / 2.0
-        );
-    }
+    let plot = Plot::new(chart, top, rows);
+    plot.draw_frame(svg, chart);
     for (i, series) in chart.series.iter().enumerate() {
-        if series.points.is_empty() {
-            continue;
+        if !series.points.is_empty() {
+            plot.draw_line(svg, series, COLORS[i % COLORS.len()]);
         }
-        let color = COLORS[i % COLORS.len()];
-        let dash = if series.dashed {
-            r#" stroke-dasharray="6 4""#
-        } else {
-            ""
+    }
+}
+
+/// Where each series' legend entry goes: its x, and its row (from 0).
+fn place_legend(series: &[Series]) -> Vec<(f64, u32)> {
+    let mut placed = Vec::with_capacity(series.len());
+    let (mut legend_x, mut row) = (LEFT, 0_u32);
+    for series in series {
+        let width = 40.0 + 7.0 * series.label.chars().count() as f64;
+        if legend_x + width > WIDTH - RIGHT && legend_x > LEFT {
+            row += 1;
+            legend_x = LEFT;
+        }
+        placed.push((legend_x, row));
+        legend_x += width;
+    }
+    placed
+}
+
+/// The stroke attribute of a dashed series (none for a solid one).
+fn dash(series: &Series) -> &'static str {
+    if series.dashed {
+        r#" stroke-dasharray="6 4""#
+    } else {
+        ""
+    }
+}
+
+/// A chart's plotting area (`x0..x1` left to right, `y0` the bottom and `y1` the top), its
+/// ticks and the data values at the right and top edges.
+struct Plot {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+    x_ticks: Vec<(f64, String)>,
+    x_max: f64,
+    y_ticks: Vec<(f64, String)>,
+    y_max: f64,
+}
+
+impl Plot {
+    /// The area of the chart drawn at `top` under a legend of `rows` + 1 rows, scaled to its
+    /// data.
+    fn new(chart: &Chart, top: f64, rows: u32) -> Self {
+        let (x0, x1) = (LEFT, WIDTH - RIGHT);
+        let (y0, y1) = (
+            top + CHART_HEIGHT - BOTTOM,
+            top + TOP + LEGEND_ROW * f64::from(rows),
+        );
+        let points = chart.series.iter().flat_map(|s| s.points.iter());
+        let (x_max_data, y_max_data) = points.fold((0.0_f64, 0.0_f64), |(x, y), &(px, py)| {
+            (x.max(px), y.max(py))
+        });
+        // A time axis ends where the data ends; the percentile axis at a whole "nine".
+        let (x_ticks, x_max): (Vec<(f64, String)>, f64) = match chart.x_axis {
+            XAxis::Linear if x_max_data > 0.0 => {
+                let mut ticks = linear_ticks(x_max_data, 10);
+                ticks.retain(|t| t.0 <= x_max_data * (1.0 + 1e-9));
+                (ticks, x_max_data)
+            }
+            XAxis::Linear => (linear_ticks(1.0, 10), 1.0),
+            XAxis::Percentile => {
+                let ticks = percentile_ticks(x_max_data);
+                let max = ticks.last().map_or(1.0, |t| t.0);
+                (ticks, max)
+            }
         };
+        // A little headroom, so a flat line at the maximum does not run along the frame.
+        let y_ticks = linear_ticks(y_max_data * 1.04, 6);
+        let y_max = y_ticks.last().map_or(1.0, |t| t.0).max(f64::MIN_POSITIVE);
+        Self {
+            x0,
+            x1,
+            y0,
+            y1,
+            x_ticks,
+            x_max,
+            y_ticks,
+            y_max,
+        }
+    }
+
+    fn sx(&self, x: f64) -> f64 {
+        self.x0 + (self.x1 - self.x0) * x / self.x_max
+    }
+
+    fn sy(&self, y: f64) -> f64 {
+        self.y0 - (self.y0 - self.y1) * y / self.y_max
+    }
+
+    /// The grid with its tick labels, the frame, the axis labels, and "no data" when there is
+    /// none.
+    fn draw_frame(&self, svg: &mut String, chart: &Chart) {
+        let Self { x0, x1, y0, y1, .. } = *self;
+        for (value, label) in &self.y_ticks {
+            let y = self.sy(*value);
+            let _ = write!(
+                svg,
+                r##"<line x1="{x0}" y1="{y:.1}" x2="{x1}" y2="{y:.1}" stroke="#e3e3e3"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>"##,
+                x0 - 6.0,
+                y + 4.0
+            );
+        }
+        for (value, label) in &self.x_ticks {
+            let x = self.sx(*value);
+            let _ = write!(
+                svg,
+                r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{y1}" stroke="#e3e3e3"/><text x="{x:.1}" y="{}" text-anchor="middle">{label}</text>"##,
+                y0 + 16.0
+            );
+        }
+        let _ = write!(
+            svg,
+            r##"<rect x="{x0}" y="{y1}" width="{}" height="{}" fill="none" stroke="#888"/>"##,
+            x1 - x0,
+            y0 - y1
+        );
+        let _ = write!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            (x0 + x1) / 2.0,
+            y0 + 36.0,
+            escape(&chart.x_label)
+        );
+        let (label_x, label_y) = (18.0, (y0 + y1) / 2.0);
+        let _ = write!(
+            svg,
+            r#"<text x="{label_x}" y="{label_y}" text-anchor="middle" transform="rotate(-90 {label_x} {label_y})">{}</text>"#,
+            escape(&chart.y_label)
+        );
+        if chart.series.iter().all(|s| s.points.is_empty()) {
+            let _ = write!(
+                svg,
+                r##"<text x="{}" y="{}" text-anchor="middle" fill="#888" font-size="16">no data</text>"##,
+                (x0 + x1) / 2.0,
+                (y0 + y1) / 2.0
+            );
+        }
+    }
+
+    /// One series as a polyline in `color`.
+    fn draw_line(&self, svg: &mut String, series: &Series, color: &str) {
         let mut path = String::new();
         for &(x, y) in &series.points {
-            let _ = write!(path, "{:.1},{:.1} ", sx(x), sy(y));
+            let _ = write!(path, "{:.1},{:.1} ", self.sx(x), self.sy(y));
         }
         let _ = write!(
             svg,
-            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2" stroke-linejoin="round"{dash}/>"#,
-            path.trim_end()
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2" stroke-linejoin="round"{}/>"#,
+            path.trim_end(),
+            dash(series)
         );
     }
 }

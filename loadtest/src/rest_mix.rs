@@ -171,43 +171,11 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
         args.stack.max_in_flight,
     )?;
     let mut rng = StdRng::seed_from_u64(args.seed);
-
-    // Set-up.
-    let run = api::run_id();
-    progress::note(format!(
-        "rest-mix: {} users ({run}-*), {} seed posts, {} follows each, against {}",
-        args.users, args.seed_posts, args.follows, args.stack.api
-    ));
-    let clock = Instant::now();
-    let users = api
-        .register_many(
-            &run,
-            args.users,
-            args.stack.register_concurrency,
-            "registering",
-        )
-        .await?;
-    let register_seconds = clock.elapsed().as_secs_f64();
-    let clock = Instant::now();
-    api.seed_posts(&users, args.seed_posts, args.stack.setup_concurrency)
-        .await?;
-    let seed_seconds = clock.elapsed().as_secs_f64();
-    let clock = Instant::now();
-    let pairs: Vec<(usize, usize)> = (0..users.len())
-        .flat_map(|i| {
-            follow_targets(&mut rng, i, users.len(), args.follows)
-                .into_iter()
-                .map(move |j| (i, j))
-        })
-        .collect();
-    api.follow_many(&users, &pairs, args.stack.setup_concurrency)
-        .await?;
-    let follow_seconds = clock.elapsed().as_secs_f64();
-    let (settle, backlog) = backlog::settle(Duration::from_secs(args.stack.settle_secs)).await;
+    let mut setup = Setup::prepare(&args, &api, &mut rng).await?;
 
     // The run: every request's operation and users are drawn up front, so a dropped one is
     // still counted under its operation.
-    let users = Arc::new(users);
+    let users = Arc::new(std::mem::take(&mut setup.users));
     let total = (args.rate * args.duration_secs as f64).round() as u64;
     let plan: Vec<(Op, usize, usize)> = (0..total)
         .map(|_| {
@@ -228,28 +196,130 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
     })
     .await;
     let cpu = cpu.finish();
-    let backlog_at_end = backlog::final_depths(backlog).await;
+    let backlog_at_end = backlog::final_depths(setup.backlog.take()).await;
 
-    // Aggregate.
-    let mut ops = BTreeMap::<Op, OpStats>::new();
-    for &(op, _, _) in &plan {
-        ops.entry(op).or_default().scheduled += 1;
+    let tally = Tally::of(&plan, &outcome);
+    Ok(build_report(
+        &args,
+        &mix,
+        &setup,
+        Measured {
+            total,
+            outcome,
+            tally,
+            cpu,
+            backlog_at_end,
+        },
+    ))
+}
+
+/// The users and their graph, made through the public API before the run.
+struct Setup {
+    run: String,
+    users: Vec<Account>,
+    register_seconds: f64,
+    seed_seconds: f64,
+    follow_seconds: f64,
+    follows: usize,
+    settle: Value,
+    /// The broker connection for the end-of-run queue depths.
+    backlog: Option<backlog::Backlog>,
+}
+
+impl Setup {
+    /// Registers the users, seeds the posts, makes the follows (drawn from `rng`) and waits
+    /// for the queues to settle.
+    async fn prepare(args: &Args, api: &Api, rng: &mut StdRng) -> anyhow::Result<Self> {
+        let run = api::run_id();
+        progress::note(format!(
+            "rest-mix: {} users ({run}-*), {} seed posts, {} follows each, against {}",
+            args.users, args.seed_posts, args.follows, args.stack.api
+        ));
+        let clock = Instant::now();
+        let users = api
+            .register_many(
+                &run,
+                args.users,
+                args.stack.register_concurrency,
+                "registering",
+            )
+            .await?;
+        let register_seconds = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
+        api.seed_posts(&users, args.seed_posts, args.stack.setup_concurrency)
+            .await?;
+        let seed_seconds = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
+        let pairs: Vec<(usize, usize)> = (0..users.len())
+            .flat_map(|i| {
+                follow_targets(rng, i, users.len(), args.follows)
+                    .into_iter()
+                    .map(move |j| (i, j))
+            })
+            .collect();
+        api.follow_many(&users, &pairs, args.stack.setup_concurrency)
+            .await?;
+        let follow_seconds = clock.elapsed().as_secs_f64();
+        let (settle, backlog) = backlog::settle(Duration::from_secs(args.stack.settle_secs)).await;
+        Ok(Self {
+            run,
+            users,
+            register_seconds,
+            seed_seconds,
+            follow_seconds,
+            follows: pairs.len(),
+            settle,
+            backlog,
+        })
     }
-    for &k in &outcome.dropped {
-        ops.entry(plan[k as usize].0).or_default().dropped += 1;
+}
+
+/// What one request of the mix answered: its status (or failure kind) and, for feed reads,
+/// the gateway's `x-cache`.
+type Answer = (Result<u16, &'static str>, Option<&'static str>);
+
+/// The run's requests counted per operation and in all.
+struct Tally {
+    ops: BTreeMap<Op, OpStats>,
+    all_latency: Samples,
+    all_service: Samples,
+    start_lag: Samples,
+    /// Requests started more than 10 ms after they were due.
+    late: usize,
+    /// Offsets (seconds) at which failed requests finished.
+    errors_at: Vec<f64>,
+}
+
+impl Tally {
+    fn of(plan: &[(Op, usize, usize)], outcome: &open_loop::Outcome<Answer>) -> Self {
+        let mut ops = BTreeMap::<Op, OpStats>::new();
+        for &(op, _, _) in plan {
+            ops.entry(op).or_default().scheduled += 1;
+        }
+        for &k in &outcome.dropped {
+            ops.entry(plan[k as usize].0).or_default().dropped += 1;
+        }
+        let mut tally = Self {
+            ops,
+            all_latency: Samples::new(),
+            all_service: Samples::new(),
+            start_lag: outcome.start_lag(),
+            late: outcome
+                .done
+                .iter()
+                .filter(|d| d.start_lag() > Duration::from_millis(10))
+                .count(),
+            errors_at: Vec::new(),
+        };
+        for done in &outcome.done {
+            tally.record(plan[done.k as usize].0, done);
+        }
+        tally
     }
-    let mut all_latency = Samples::new();
-    let mut all_service = Samples::new();
-    let mut start_lag = outcome.start_lag();
-    let late = outcome
-        .done
-        .iter()
-        .filter(|d| d.start_lag() > Duration::from_millis(10))
-        .count();
-    let mut errors_at = Vec::new();
-    for done in &outcome.done {
-        let op = plan[done.k as usize].0;
-        let entry = ops.entry(op).or_default();
+
+    /// One request of `op` that ran.
+    fn record(&mut self, op: Op, done: &open_loop::Done<Answer>) {
+        let entry = self.ops.entry(op).or_default();
         entry.completed += 1;
         let (status, cache) = done.value;
         match status {
@@ -257,8 +327,8 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
                 entry.ok += 1;
                 entry.latency.record(done.latency());
                 entry.service_time.record(done.service_time());
-                all_latency.record(done.latency());
-                all_service.record(done.service_time());
+                self.all_latency.record(done.latency());
+                self.all_service.record(done.service_time());
                 entry.ok_at.push(done.finished.as_secs_f64());
                 if let Some(cache) = cache {
                     entry.cache.entry(cache).or_default().record(done.latency());
@@ -270,90 +340,158 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
                     Err(kind) => kind.to_owned(),
                 };
                 *entry.errors.entry(key).or_default() += 1;
-                errors_at.push(done.finished.as_secs_f64());
+                self.errors_at.push(done.finished.as_secs_f64());
             }
         }
     }
-    let dropped = outcome.dropped.len();
-    let unfinished = outcome.unfinished;
-    let (dispatch_seconds, run_seconds) = (outcome.dispatch_seconds, outcome.seconds);
-    let started_total = outcome.done.len() as u64 + unfinished;
-    let ok_total: u64 = ops.values().map(|s| s.ok).sum();
-    let error_total = errors_at.len() as u64;
+}
 
-    let seconds = run_seconds.ceil().max(1.0) as usize;
-    let offered = stats::per_second(
-        (0..total).map(|k| open_loop::due(k, args.rate).as_secs_f64()),
-        seconds,
-    );
-    let mut per_second = serde_json::Map::new();
-    per_second.insert("offered".into(), json!(offered));
-    let mut ok_all = Vec::new();
-    let mut operations = serde_json::Map::new();
-    let mut latency_series = Vec::new();
-    let mut op_series = Vec::new();
-    let mut headline = Vec::new();
-    for (op, entry) in &mut ops {
-        let counts = stats::per_second(entry.ok_at.iter().copied(), seconds);
-        ok_all.extend(entry.ok_at.iter().copied());
-        per_second.insert(op.name().into(), json!(counts));
-        op_series.push(Series::new(op.name(), stats::series_points(&counts)));
-        latency_series.push(Series::new(op.name(), entry.latency.percentile_curve()));
-        let latency = entry.latency.summary();
-        headline.push(format!("{} {}", op.name(), report::short_summary(&latency)));
-        let cache: serde_json::Map<String, Value> = entry
+/// Everything the run measured, for its report.
+struct Measured {
+    /// Requests due.
+    total: u64,
+    outcome: open_loop::Outcome<Answer>,
+    tally: Tally,
+    cpu: Value,
+    backlog_at_end: Value,
+}
+
+/// Per-operation figures and the charts' series, from a [`Tally`].
+struct Breakdown {
+    per_second: serde_json::Map<String, Value>,
+    operations: serde_json::Map<String, Value>,
+    latency_series: Vec<Series>,
+    throughput_series: Vec<Series>,
+    /// One latency summary per operation, for the description.
+    headline: Vec<String>,
+}
+
+impl Breakdown {
+    fn of(args: &Args, measured: &mut Measured) -> Self {
+        let (total, outcome, tally) = (measured.total, &measured.outcome, &mut measured.tally);
+        let seconds = outcome.seconds.ceil().max(1.0) as usize;
+        let offered = stats::per_second(
+            (0..total).map(|k| open_loop::due(k, args.rate).as_secs_f64()),
+            seconds,
+        );
+        let mut per_second = serde_json::Map::new();
+        per_second.insert("offered".into(), json!(offered));
+        let mut ok_all = Vec::new();
+        let mut operations = serde_json::Map::new();
+        let mut latency_series = Vec::new();
+        let mut op_series = Vec::new();
+        let mut headline = Vec::new();
+        for (op, entry) in &mut tally.ops {
+            let counts = stats::per_second(entry.ok_at.iter().copied(), seconds);
+            ok_all.extend(entry.ok_at.iter().copied());
+            per_second.insert(op.name().into(), json!(counts));
+            op_series.push(Series::new(op.name(), stats::series_points(&counts)));
+            latency_series.push(Series::new(op.name(), entry.latency.percentile_curve()));
+            let latency = entry.latency.summary();
+            headline.push(format!("{} {}", op.name(), report::short_summary(&latency)));
+            operations.insert(
+                op.name().into(),
+                entry.summary_json(latency, args.duration_secs),
+            );
+        }
+        let ok_counts = stats::per_second(ok_all, seconds);
+        let error_counts = stats::per_second(tally.errors_at.iter().copied(), seconds);
+        per_second.insert("ok".into(), json!(ok_counts));
+        per_second.insert("errors".into(), json!(error_counts));
+        let dropped_counts = stats::per_second(
+            outcome
+                .dropped
+                .iter()
+                .map(|&k| open_loop::due(k, args.rate).as_secs_f64()),
+            seconds,
+        );
+        per_second.insert("droppedByDueTime".into(), json!(dropped_counts));
+        // The same order (and so colours) as the latency chart: operations, all, then the rest.
+        let mut throughput_series = op_series;
+        throughput_series.push(Series::new("ok, all", stats::series_points(&ok_counts)));
+        throughput_series.push(Series::new("offered", stats::series_points(&offered)).dashed());
+        throughput_series.push(Series::new("errors", stats::series_points(&error_counts)));
+        throughput_series.push(Series::new(
+            "dropped (by due time)",
+            stats::series_points(&dropped_counts),
+        ));
+        latency_series.push(Series::new(
+            "all (from due time)",
+            tally.all_latency.percentile_curve(),
+        ));
+        latency_series.push(
+            Series::new(
+                "all, service time (uncorrected)",
+                tally.all_service.percentile_curve(),
+            )
+            .dashed(),
+        );
+        Self {
+            per_second,
+            operations,
+            latency_series,
+            throughput_series,
+            headline,
+        }
+    }
+
+    /// Latency by percentile, and completions per second.
+    fn charts(self) -> Vec<Chart> {
+        vec![
+            Chart {
+                title: "Latency by percentile (successful requests, from the due time)".into(),
+                x_label: "percentile".into(),
+                y_label: "milliseconds".into(),
+                x_axis: XAxis::Percentile,
+                series: self.latency_series,
+            },
+            Chart {
+                title: "Throughput over time (completions per second)".into(),
+                x_label: "seconds since the run started".into(),
+                y_label: "requests per second".into(),
+                x_axis: XAxis::Linear,
+                series: self.throughput_series,
+            },
+        ]
+    }
+}
+
+impl OpStats {
+    /// The operation's entry in the report (`latency` is its latency summary).
+    fn summary_json(&mut self, latency: Value, duration_secs: u64) -> Value {
+        let cache: serde_json::Map<String, Value> = self
             .cache
             .iter_mut()
             .map(|(status, samples)| ((*status).to_owned(), samples.summary()))
             .collect();
-        operations.insert(
-            op.name().into(),
-            json!({
-                "scheduled": entry.scheduled,
-                "dropped": entry.dropped,
-                "completed": entry.completed,
-                "ok": entry.ok,
-                "errors": entry.errors,
-                "okPerSecond": entry.ok as f64 / args.duration_secs.max(1) as f64,
-                "latencyMillis": latency,
-                "serviceTimeMillis": entry.service_time.summary(),
-                "latencyByCacheStatus": cache,
-            }),
-        );
+        json!({
+            "scheduled": self.scheduled,
+            "dropped": self.dropped,
+            "completed": self.completed,
+            "ok": self.ok,
+            "errors": self.errors,
+            "okPerSecond": self.ok as f64 / duration_secs.max(1) as f64,
+            "latencyMillis": latency,
+            "serviceTimeMillis": self.service_time.summary(),
+            "latencyByCacheStatus": cache,
+        })
     }
-    let ok_counts = stats::per_second(ok_all, seconds);
-    let error_counts = stats::per_second(errors_at, seconds);
-    per_second.insert("ok".into(), json!(ok_counts));
-    per_second.insert("errors".into(), json!(error_counts));
-    let dropped_counts = stats::per_second(
-        outcome
-            .dropped
-            .iter()
-            .map(|&k| open_loop::due(k, args.rate).as_secs_f64()),
-        seconds,
-    );
-    per_second.insert("droppedByDueTime".into(), json!(dropped_counts));
-    // The same order (and so colours) as the latency chart: operations, all, then the rest.
-    let mut throughput_series = op_series;
-    throughput_series.push(Series::new("ok, all", stats::series_points(&ok_counts)));
-    throughput_series.push(Series::new("offered", stats::series_points(&offered)).dashed());
-    throughput_series.push(Series::new("errors", stats::series_points(&error_counts)));
-    throughput_series.push(Series::new(
-        "dropped (by due time)",
-        stats::series_points(&dropped_counts),
-    ));
-    latency_series.push(Series::new(
-        "all (from due time)",
-        all_latency.percentile_curve(),
-    ));
-    latency_series.push(
-        Series::new(
-            "all, service time (uncorrected)",
-            all_service.percentile_curve(),
-        )
-        .dashed(),
-    );
+}
 
+fn build_report(args: &Args, mix: &Mix, setup: &Setup, mut measured: Measured) -> Report {
+    let breakdown = Breakdown::of(args, &mut measured);
+    let Measured {
+        total,
+        outcome,
+        mut tally,
+        cpu,
+        backlog_at_end,
+    } = measured;
+    let dropped = outcome.dropped.len();
+    let unfinished = outcome.unfinished;
+    let started_total = outcome.done.len() as u64 + unfinished;
+    let ok_total: u64 = tally.ops.values().map(|s| s.ok).sum();
+    let error_total = tally.errors_at.len() as u64;
     let json = json!({
         "scenario": "rest-mix",
         "api": args.stack.api,
@@ -369,14 +507,14 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
             "maxStartDelayMillis": args.stack.max_start_delay_ms,
             "timeoutSeconds": args.stack.timeout_secs,
             "seed": args.seed,
-            "runId": run,
+            "runId": setup.run,
         },
         "setup": {
-            "registerSeconds": register_seconds,
-            "seedSeconds": seed_seconds,
-            "followSeconds": follow_seconds,
-            "follows": pairs.len(),
-            "settle": settle,
+            "registerSeconds": setup.register_seconds,
+            "seedSeconds": setup.seed_seconds,
+            "followSeconds": setup.follow_seconds,
+            "follows": setup.follows,
+            "settle": setup.settle,
         },
         "run": {
             "due": total,
@@ -385,16 +523,16 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
             "unfinished": unfinished,
             "ok": ok_total,
             "errors": error_total,
-            "dispatchSeconds": dispatch_seconds,
-            "seconds": run_seconds,
+            "dispatchSeconds": outcome.dispatch_seconds,
+            "seconds": outcome.seconds,
             "okPerSecond": ok_total as f64 / args.duration_secs.max(1) as f64,
-            "startLagMillis": start_lag.summary(),
-            "startedMoreThan10msLate": late,
+            "startLagMillis": tally.start_lag.summary(),
+            "startedMoreThan10msLate": tally.late,
         },
-        "latencyMillis": all_latency.summary(),
-        "serviceTimeMillis": all_service.summary(),
-        "operations": operations,
-        "perSecond": per_second,
+        "latencyMillis": tally.all_latency.summary(),
+        "serviceTimeMillis": tally.all_service.summary(),
+        "operations": breakdown.operations,
+        "perSecond": breakdown.per_second,
         "backlogAtEnd": backlog_at_end,
         "machine": cpu,
     });
@@ -414,31 +552,16 @@ pub async fn run(args: Args, watched: &[u32]) -> anyhow::Result<Report> {
             "due {total}, ok {ok_total}, errors {error_total}, dropped {dropped} (not started within {} ms), unfinished {unfinished}",
             args.stack.max_start_delay_ms
         ),
-        headline.join("; "),
+        breakdown.headline.join("; "),
         report::cpu_line(&json["machine"]),
     ];
-    Ok(Report {
+    Report {
         name: "rest-mix".into(),
         title: "rest-mix: home feed / user timeline / new post, open loop".into(),
         description,
-        charts: vec![
-            Chart {
-                title: "Latency by percentile (successful requests, from the due time)".into(),
-                x_label: "percentile".into(),
-                y_label: "milliseconds".into(),
-                x_axis: XAxis::Percentile,
-                series: latency_series,
-            },
-            Chart {
-                title: "Throughput over time (completions per second)".into(),
-                x_label: "seconds since the run started".into(),
-                y_label: "requests per second".into(),
-                x_axis: XAxis::Linear,
-                series: throughput_series,
-            },
-        ],
+        charts: breakdown.charts(),
         json,
-    })
+    }
 }
 
 /// Sends one request of the mix; returns its status (or failure kind) and the gateway's
@@ -450,7 +573,7 @@ async fn request(
     subject: &Account,
     limit: u32,
     k: u64,
-) -> (Result<u16, &'static str>, Option<&'static str>) {
+) -> Answer {
     let token = Some(actor.access_token.as_str());
     let answer = match op {
         Op::HomeFeed => {

@@ -20,7 +20,7 @@ use futures_util::{
 };
 use instaclone_shared::{
     auth::{TokenKind, TokenVerifier},
-    backoff::Backoff,
+    backoff::{Backoff, RetryPolicy, any_error, retry},
 };
 use serde::Deserialize;
 use tokio::{sync::oneshot, time::Instant};
@@ -301,8 +301,8 @@ async fn drive(
     control.reason()
 }
 
-/// Waits until present, replays, then delivers live messages, heartbeats and expiry until the
-/// connection ends.
+/// Waits until present, tells the client its position and replays, then serves it live until
+/// the connection ends.
 async fn serve(
     context: &ConnectionContext,
     writer: &mut Writer,
@@ -310,7 +310,7 @@ async fn serve(
     session: Session,
 ) -> Result<(), CloseReason> {
     let Session {
-        mut queue,
+        queue,
         subscribed,
         expires_at,
         resume,
@@ -328,69 +328,17 @@ async fn serve(
     };
     let connected = ControlMessage::Connected { id: after };
     stops.guard(writer.control(&connected)).await?;
-    let mut delivered = Delivered { last: Some(after) };
-    // Boxed here and below: a replay's state (Redis reads, retries) is only needed while it
-    // runs, and inline it would sit in every connection's task for its whole life.
-    Box::pin(replay(
+    let mut outlet = Outlet {
         context,
         writer,
         stops,
         user,
-        &mut delivered,
-        check_gap,
-    ))
-    .await?;
-
-    let transport = writer.transport();
-    let heartbeat_every = match transport {
-        Transport::WebSocket => context.ws_ping_interval,
-        Transport::Sse => context.sse_heartbeat_interval,
+        delivered: Delivered { last: Some(after) },
     };
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let alive = &stops.control.alive;
-    alive.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut expires = std::pin::pin!(tokio::time::sleep_until(deadline(expires_at)));
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut stops.shutdown => return Err(CloseReason::Shutdown),
-            () = &mut stops.stopped => return Err(stops.control.reason()),
-            () = &mut expires => return Err(CloseReason::TokenExpired),
-            _ = heartbeat.tick() => {
-                if transport == Transport::WebSocket
-                    && !alive.swap(false, std::sync::atomic::Ordering::Relaxed)
-                {
-                    return Err(CloseReason::PingTimeout);
-                }
-                stops.guard(writer.heartbeat()).await?;
-            }
-            message = queue.recv() => match message {
-                // Only the registry and the reader hold senders; both gone means the end.
-                None => return Err(CloseReason::ClientGone),
-                Some(Outbound::Notification(delivery)) if delivered.misses(&delivery) => {
-                    telemetry::live_gap();
-                    Box::pin(replay(context, writer, stops, user, &mut delivered, false)).await?;
-                }
-                Some(Outbound::Notification(delivery)) => {
-                    if delivered.last.is_none_or(|last| delivery.id > last) {
-                        stops.guard(writer.notification(&delivery)).await?;
-                        telemetry::delivered(transport, delivery.created_at_millis);
-                        delivered.last = Some(delivery.id);
-                    }
-                }
-                Some(Outbound::CatchUp) => {
-                    Box::pin(replay(context, writer, stops, user, &mut delivered, false)).await?;
-                }
-                Some(Outbound::Control(message)) => {
-                    if let ControlMessage::Refreshed { expires_at } = *message {
-                        expires.as_mut().reset(deadline(expires_at));
-                    }
-                    stops.guard(writer.control(&message)).await?;
-                }
-            },
-        }
-    }
+    // Boxed here and below: a replay's state (Redis reads, retries) is only needed while it
+    // runs, and inline it would sit in every connection's task for its whole life.
+    Box::pin(outlet.replay(check_gap)).await?;
+    outlet.live(queue, expires_at).await
 }
 
 #[derive(Default)]
@@ -411,54 +359,118 @@ impl Delivered {
     }
 }
 
-/// Writes the stream's entries after `delivered.last`; on a gap, tells the client to resync
-/// and continues from the current head.
-async fn replay(
-    context: &ConnectionContext,
-    writer: &mut Writer,
-    stops: &mut Stops<'_, '_>,
+/// What the writer works with once the client knows its position: the hub's context, the
+/// socket, the stop signals, whose stream it is, and what has been written so far.
+struct Outlet<'a, 'p, 't> {
+    context: &'a ConnectionContext,
+    writer: &'a mut Writer,
+    stops: &'a mut Stops<'p, 't>,
     user: Uuid,
-    delivered: &mut Delivered,
-    check_gap: bool,
-) -> Result<(), CloseReason> {
-    let transport = writer.transport();
-    let mut first_page = check_gap;
-    loop {
-        let after = delivered.last.unwrap_or(StreamId::ZERO);
-        let page = with_retries(|| context.store.replay_page(user, after, first_page))
-            .await
-            .map_err(|error| {
-                tracing::warn!(%error, %user, "replay failed");
-                CloseReason::ServerError
-            })?;
-        first_page = false;
-        match page {
-            ReplayPage::Entries(entries) if entries.is_empty() => return Ok(()),
-            ReplayPage::Entries(entries) => {
-                telemetry::replayed(entries.len());
-                for entry in entries {
-                    stops.guard(writer.notification(&entry)).await?;
-                    telemetry::delivered(transport, 0);
-                    delivered.last = Some(entry.id);
+    delivered: Delivered,
+}
+
+impl Outlet<'_, '_, '_> {
+    /// Delivers live messages from `queue`, heartbeats, and ends the connection at expiry (Unix
+    /// seconds `expires_at`, moved by each `refreshed` control message).
+    async fn live(
+        &mut self,
+        mut queue: queue::Receiver<Outbound>,
+        expires_at: i64,
+    ) -> Result<(), CloseReason> {
+        let transport = self.writer.transport();
+        let heartbeat_every = match transport {
+            Transport::WebSocket => self.context.ws_ping_interval,
+            Transport::Sse => self.context.sse_heartbeat_interval,
+        };
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let control = self.stops.control;
+        let alive = &control.alive;
+        alive.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut expires = std::pin::pin!(tokio::time::sleep_until(deadline(expires_at)));
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut self.stops.shutdown => return Err(CloseReason::Shutdown),
+                () = &mut self.stops.stopped => return Err(control.reason()),
+                () = &mut expires => return Err(CloseReason::TokenExpired),
+                _ = heartbeat.tick() => {
+                    if transport == Transport::WebSocket
+                        && !alive.swap(false, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        return Err(CloseReason::PingTimeout);
+                    }
+                    self.stops.guard(self.writer.heartbeat()).await?;
                 }
+                message = queue.recv() => match message {
+                    // Only the registry and the reader hold senders; both gone means the end.
+                    None => return Err(CloseReason::ClientGone),
+                    Some(Outbound::Notification(delivery)) if self.delivered.misses(&delivery) => {
+                        telemetry::live_gap();
+                        Box::pin(self.replay(false)).await?;
+                    }
+                    Some(Outbound::Notification(delivery)) => {
+                        if self.delivered.last.is_none_or(|last| delivery.id > last) {
+                            self.stops.guard(self.writer.notification(&delivery)).await?;
+                            telemetry::delivered(transport, delivery.created_at_millis);
+                            self.delivered.last = Some(delivery.id);
+                        }
+                    }
+                    Some(Outbound::CatchUp) => Box::pin(self.replay(false)).await?,
+                    Some(Outbound::Control(message)) => {
+                        if let ControlMessage::Refreshed { expires_at } = *message {
+                            expires.as_mut().reset(deadline(expires_at));
+                        }
+                        self.stops.guard(self.writer.control(&message)).await?;
+                    }
+                },
             }
-            ReplayPage::Gap => {
-                // The head is read before the client hears "resync", so its reload covers
-                // everything up to it; later entries come live.
-                let head = with_retries(|| context.store.head(user))
-                    .await
-                    .map_err(|error| {
+        }
+    }
+
+    /// Writes the stream's entries after `delivered.last`; on a gap, tells the client to resync
+    /// and continues from the current head. `check_gap`: also a gap when `delivered.last` is
+    /// older than the whole stream (a client's own resume id, see [`Store::replay_page`]).
+    async fn replay(&mut self, check_gap: bool) -> Result<(), CloseReason> {
+        let (store, user) = (&self.context.store, self.user);
+        let transport = self.writer.transport();
+        let mut first_page = check_gap;
+        loop {
+            let after = self.delivered.last.unwrap_or(StreamId::ZERO);
+            let page = with_retries(|| store.replay_page(user, after, first_page))
+                .await
+                .map_err(|error| {
+                    tracing::warn!(%error, %user, "replay failed");
+                    CloseReason::ServerError
+                })?;
+            first_page = false;
+            match page {
+                ReplayPage::Entries(entries) if entries.is_empty() => return Ok(()),
+                ReplayPage::Entries(entries) => {
+                    telemetry::replayed(entries.len());
+                    for entry in entries {
+                        self.stops.guard(self.writer.notification(&entry)).await?;
+                        telemetry::delivered(transport, 0);
+                        self.delivered.last = Some(entry.id);
+                    }
+                }
+                ReplayPage::Gap => {
+                    // The head is read before the client hears "resync", so its reload covers
+                    // everything up to it; later entries come live.
+                    let head = with_retries(|| store.head(user)).await.map_err(|error| {
                         tracing::warn!(%error, %user, "reading the stream head failed");
                         CloseReason::ServerError
                     })?;
-                telemetry::resync();
-                let message = ControlMessage::Resync {
-                    reason: "history no longer retained",
-                    id: head,
-                };
-                stops.guard(writer.control(&message)).await?;
-                delivered.last = Some(head);
-                return Ok(());
+                    telemetry::resync();
+                    let message = ControlMessage::Resync {
+                        reason: "history no longer retained",
+                        id: head,
+                    };
+                    self.stops.guard(self.writer.control(&message)).await?;
+                    self.delivered.last = Some(head);
+                    return Ok(());
+                }
             }
         }
     }
@@ -467,19 +479,14 @@ async fn replay(
 /// Redis reads of a replay, retried briefly: right after an outage the first request on the
 /// self-reconnecting connection fails while it reconnects, and closing every client with 1011
 /// for that would be a needless reconnect storm.
-async fn with_retries<T, F, Fut>(mut attempt: F) -> redis::RedisResult<T>
+async fn with_retries<T, F, Fut>(attempt: F) -> redis::RedisResult<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = redis::RedisResult<T>>,
 {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-    for _ in 0..REPLAY_RETRIES {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(_) => tokio::time::sleep(backoff.next_delay()).await,
-        }
-    }
-    attempt().await
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+    let policy = RetryPolicy::attempts(backoff, REPLAY_RETRIES + 1);
+    retry(policy, any_error, attempt).await
 }
 
 fn deadline(expires_at_unix: i64) -> Instant {

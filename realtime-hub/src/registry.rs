@@ -28,7 +28,10 @@ use std::{
 };
 
 use dashmap::{DashMap, mapref::entry::Entry};
-use instaclone_shared::{backoff::Backoff, redis_conn::RedisConnection};
+use instaclone_shared::{
+    backoff::{Backoff, RetryPolicy, Retrying, any_error, retry_notify},
+    redis_conn::RedisConnection,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -319,43 +322,66 @@ pub async fn run_pubsub(
     shutdown: CancellationToken,
 ) {
     let mut presence = Presence::default();
-    let mut first_link = true;
     let channels = Channels {
         replica: registry.store.replica_channel(&registry.replica),
         revocations: registry.revocations_channel.clone(),
     };
     let redis = registry.store.connection();
-    // Between failed refreshes: the link can come up while presence cannot be written (on a
-    // cluster, the shard of the replica's channel answers and another does not).
-    let mut refresh_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    while let Some(link) = Link::open(&redis, &channels, &shutdown).await {
-        if !first_link {
-            // Entries may have lapsed, or Redis restarted empty, while the link was down.
-            if let Err(error) = presence.refresh(&registry).await {
-                tracing::warn!(%error, "refreshing presence failed; reconnecting");
-                if !refresh_backoff.wait(&shutdown).await {
-                    break;
-                }
-                continue;
-            }
-            refresh_backoff.reset();
-            tracing::info!(
-                users = presence.recorded.len(),
-                "Redis pub/sub link restored"
-            );
-            telemetry::pubsub_reconnected();
-            registry.catch_up_all();
-        }
-        first_link = false;
-        match link
+    let mut link = Link::open(&redis, &channels, &shutdown).await;
+    while let Some(serving) = link {
+        match serving
             .serve(&registry, &mut presence, &mut commands, &shutdown)
             .await
         {
             LinkEnd::Stopped => break,
             LinkEnd::Lost => {}
         }
+        link = relink(&registry, &presence, &redis, &channels, &shutdown).await;
     }
     tracing::info!("pub/sub manager stopped");
+}
+
+/// A new link after one was lost, with every present user's entry rewritten (entries may have
+/// lapsed, or Redis restarted empty, while the link was down), and every local connection told
+/// to catch up. A failed refresh drops the link and starts again after a pause that grows
+/// between failures: the link can come up while presence cannot be written (on a cluster, the
+/// shard of the replica's channel answers and another does not). `None` once `shutdown` is
+/// cancelled.
+async fn relink(
+    registry: &Registry,
+    presence: &Presence,
+    redis: &RedisConnection,
+    channels: &Channels,
+    shutdown: &CancellationToken,
+) -> Option<Link> {
+    let policy = RetryPolicy::until_shutdown(link_backoff(), shutdown);
+    let refreshed_link = move || async move {
+        let Some(link) = Link::open(redis, channels, shutdown).await else {
+            return Ok(None);
+        };
+        presence.refresh(registry).await?;
+        Ok(Some(link))
+    };
+    let log_failure = |retrying: &Retrying<'_, redis::RedisError>| {
+        let error = retrying.error;
+        tracing::warn!(%error, "refreshing presence failed; reconnecting");
+    };
+    let link = retry_notify(policy, any_error, log_failure, refreshed_link)
+        .await
+        .ok()
+        .flatten()?;
+    tracing::info!(
+        users = presence.recorded.len(),
+        "Redis pub/sub link restored"
+    );
+    telemetry::pubsub_reconnected();
+    registry.catch_up_all();
+    Some(link)
+}
+
+/// The pauses between failed attempts at a pub/sub link (and at the refresh after one).
+fn link_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }
 
 /// What a replica listens to: its own channel (sharded on a cluster) and the revocation
@@ -386,23 +412,24 @@ impl Link {
         channels: &Channels,
         shutdown: &CancellationToken,
     ) -> Option<Self> {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        while !shutdown.is_cancelled() {
-            let linked = tokio::select! {
-                () = shutdown.cancelled() => return None,
-                linked = Self::subscribe(redis, channels) => linked,
-            };
-            match linked {
-                Ok(link) => return Some(link),
-                Err(error) => {
-                    tracing::warn!(%error, "Redis pub/sub unavailable");
-                    if !backoff.wait(shutdown).await {
-                        return None;
-                    }
-                }
+        let policy = RetryPolicy::until_shutdown(link_backoff(), shutdown);
+        let subscribed = move || async move {
+            if shutdown.is_cancelled() {
+                return Ok(None);
             }
-        }
-        None
+            tokio::select! {
+                () = shutdown.cancelled() => Ok(None),
+                linked = Self::subscribe(redis, channels) => linked.map(Some),
+            }
+        };
+        let log_failure = |retrying: &Retrying<'_, redis::RedisError>| {
+            let error = retrying.error;
+            tracing::warn!(%error, "Redis pub/sub unavailable");
+        };
+        retry_notify(policy, any_error, log_failure, subscribed)
+            .await
+            .ok()
+            .flatten()
     }
 
     async fn subscribe(redis: &RedisConnection, channels: &Channels) -> redis::RedisResult<Self> {

@@ -40,7 +40,11 @@
 
 use std::time::Duration;
 
-use instaclone_shared::{backoff::Backoff, config::RedisSettings, redis_conn::RedisConnection};
+use instaclone_shared::{
+    backoff::{Backoff, RetryPolicy, Retrying, any_error, retry_notify},
+    config::RedisSettings,
+    redis_conn::RedisConnection,
+};
 use redis::Script;
 use uuid::Uuid;
 
@@ -353,19 +357,16 @@ impl Store {
     /// When every attempt fails they stay for replay, which the user's next line triggers (see
     /// the module docs).
     async fn publish_with_retries(&self, messages: Vec<(String, String)>) {
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
-        for attempt in 1..=PUBLISH_ATTEMPTS {
-            match self.publish_lines(messages.clone()).await {
-                Ok(()) => return,
-                Err(error) if attempt == PUBLISH_ATTEMPTS => {
-                    tracing::warn!(%error, replicas = messages.len(),
-                        "live publish failed; the entries stay stored for replay");
-                }
-                Err(error) => {
-                    tracing::debug!(%error, attempt, "live publish failed; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let policy = RetryPolicy::attempts(backoff, PUBLISH_ATTEMPTS);
+        let log_retry = |retrying: &Retrying<'_, redis::RedisError>| {
+            let (error, attempt) = (retrying.error, retrying.attempt);
+            tracing::debug!(%error, attempt, "live publish failed; retrying");
+        };
+        let publish = || self.publish_lines(messages.clone());
+        if let Err(error) = retry_notify(policy, any_error, log_retry, publish).await {
+            tracing::warn!(%error, replicas = messages.len(),
+                "live publish failed; the entries stay stored for replay");
         }
     }
 

@@ -41,7 +41,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    backoff::Backoff,
+    backoff::{Backoff, RetryPolicy, Retrying, any_error, retry_notify},
     config::AmqpSettings,
     db::{ConnectError, redact_url, retry_startup},
     events::{self, EventEnvelope},
@@ -490,22 +490,28 @@ pub async fn run_consumer<H, Fut>(
     H: Fn(Batch) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<Rejected>, HandlerError>> + Send,
 {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let consumer = Consumer {
+    let consumer = &Consumer {
         spec,
         shutdown,
         handler,
         link: status.register(),
     };
-    while !consumer.shutdown.is_cancelled() {
-        match consumer.consume_once(&settings).await {
-            Ok(()) => backoff.reset(),
-            Err(error) => {
-                tracing::warn!(queue = %consumer.spec.name, %error, "consumer lost RabbitMQ; reconnecting");
-                backoff.wait(&consumer.shutdown).await;
-            }
+    let settings = &settings;
+    let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let policy = RetryPolicy::until_shutdown(backoff, &consumer.shutdown);
+    // A session consumes until the connection fails (`Err`: reconnect) or shutdown (`Ok`).
+    let session = move || async move {
+        if consumer.shutdown.is_cancelled() {
+            return Ok(());
         }
-    }
+        consumer.consume_once(settings).await
+    };
+    let log_loss = |retrying: &Retrying<'_, lapin::Error>| {
+        let error = retrying.error;
+        tracing::warn!(queue = %consumer.spec.name, %error, "consumer lost RabbitMQ; reconnecting");
+    };
+    // Ends only with shutdown: either way there is nothing left to report.
+    let _ = retry_notify(policy, any_error, log_loss, session).await;
     tracing::info!(queue = %consumer.spec.name, "consumer stopped");
 }
 
@@ -582,32 +588,35 @@ where
     /// (then the last transient error is returned and the caller hands the messages back).
     async fn handle_in_place(&self, batch: Batch) -> Result<Vec<Rejected>, HandlerError> {
         let queue = self.spec.name.as_str();
-        let mut backoff = Backoff::new(RETRY_FIRST_DELAY, RETRY_MAX_DELAY);
+        let backoff = Backoff::new(RETRY_FIRST_DELAY, RETRY_MAX_DELAY);
+        let policy = RetryPolicy::until_shutdown(backoff, &self.shutdown);
+        let is_transient = |error: &HandlerError| matches!(error, HandlerError::Transient(_));
         let mut retries = 0_u64;
-        loop {
-            let outcome = (self.handler)(batch.clone()).await;
-            let Err(HandlerError::Transient(reason)) = outcome else {
-                if retries > 0 {
-                    metrics::gauge!("consumer_retrying", "queue" => queue.to_owned())
-                        .decrement(1.0);
-                    tracing::info!(%queue, retries, "a dependency is back; the batch is handled");
-                }
-                return outcome;
-            };
-            if retries == 0 {
+        let count_retry = |retrying: &Retrying<'_, HandlerError>| {
+            retries = retrying.attempt;
+            if retries == 1 {
                 metrics::gauge!("consumer_retrying", "queue" => queue.to_owned()).increment(1.0);
             }
-            retries += 1;
             metrics::counter!("consumer_retries_total", "queue" => queue.to_owned()).increment(1);
             // Loud at first, then once a minute or so: an outage is one story, not a flood.
-            if retries == 1 || retries.is_multiple_of(12) {
+            if let HandlerError::Transient(reason) = retrying.error
+                && (retries == 1 || retries.is_multiple_of(12))
+            {
                 tracing::warn!(%queue, %reason, retries, events = batch.events.len(), "event handling failed transiently; retrying in place");
             }
-            if !backoff.wait(&self.shutdown).await {
-                metrics::gauge!("consumer_retrying", "queue" => queue.to_owned()).decrement(1.0);
-                return Err(HandlerError::Transient(reason));
+        };
+        let outcome = retry_notify(policy, is_transient, count_retry, || {
+            (self.handler)(batch.clone())
+        })
+        .await;
+        if retries > 0 {
+            metrics::gauge!("consumer_retrying", "queue" => queue.to_owned()).decrement(1.0);
+            // A transient error still means shutdown ended the retries.
+            if !matches!(outcome, Err(HandlerError::Transient(_))) {
+                tracing::info!(%queue, retries, "a dependency is back; the batch is handled");
             }
         }
+        outcome
     }
 
     /// Handles the events of `chunk` (deliveries already received) as one batch and settles

@@ -13,7 +13,7 @@ use sqlx::{
 };
 
 use crate::{
-    backoff::Backoff,
+    backoff::{Backoff, RetryPolicy, Retrying, any_error, retry_notify},
     config::{RedisSettings, Secret},
     redis_conn::{self, RedisConnection},
 };
@@ -77,33 +77,33 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let started = tokio::time::Instant::now();
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
+    let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let policy = RetryPolicy::within(backoff, started, max_wait);
+    let bounded_attempt = || {
         // Bound each attempt too: some clients retry internally for a long time.
         let remaining = max_wait
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(100));
-        let outcome = match tokio::time::timeout(remaining, attempt()).await {
-            Ok(outcome) => outcome.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {remaining:?}")),
-        };
-        match outcome {
-            Ok(value) => return Ok(value),
-            Err(error) if started.elapsed() < max_wait => {
-                let delay = backoff.next_delay().min(max_wait - started.elapsed());
-                tracing::warn!(%server, %address, %error, retry_in = ?delay, "waiting for {server}");
-                tokio::time::sleep(delay).await;
-            }
-            Err(error) => {
-                return Err(ConnectError::GaveUp {
-                    server,
-                    address: address.to_owned(),
-                    waited: started.elapsed(),
-                    last_error: error.to_string(),
-                });
+        let attempt = attempt();
+        async move {
+            match tokio::time::timeout(remaining, attempt).await {
+                Ok(outcome) => outcome.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {remaining:?}")),
             }
         }
-    }
+    };
+    let log_retry = |retrying: &Retrying<'_, String>| {
+        let (error, delay) = (retrying.error, retrying.delay);
+        tracing::warn!(%server, %address, %error, retry_in = ?delay, "waiting for {server}");
+    };
+    retry_notify(policy, any_error, log_retry, bounded_attempt)
+        .await
+        .map_err(|error| ConnectError::GaveUp {
+            server,
+            address: address.to_owned(),
+            waited: started.elapsed(),
+            last_error: error,
+        })
 }
 
 /// A pool on the database named in `url`, creating that database first if it does not exist.

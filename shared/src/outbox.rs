@@ -12,7 +12,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{amqp::EventPublisher, backoff::Backoff, events::EventEnvelope};
+use crate::{
+    amqp::EventPublisher,
+    backoff::{Backoff, RetryPolicy, Retrying, any_error, retry_notify},
+    events::EventEnvelope,
+};
 
 /// Where a producer keeps its pending events.
 pub trait OutboxStore: Send + Sync + 'static {
@@ -80,28 +84,26 @@ async fn relay_until_stopped<S: OutboxStore>(
     waker: &RelayWaker,
     shutdown: &CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let log_failure = |retrying: &Retrying<'_, String>| {
+        let error = retrying.error;
+        tracing::warn!(%error, "outbox relay could not publish; events stay pending");
+    };
     loop {
-        let idle = match relay_round(store, publisher).await {
-            Ok(published) => {
-                backoff.reset();
-                if published > 0 {
-                    tracing::debug!(published, "outbox relay published events");
-                }
-                published < RELAY_BATCH
-            }
-            Err(error) => {
-                tracing::warn!(%error, "outbox relay could not publish; events stay pending");
-                if !backoff.wait(shutdown).await {
-                    return;
-                }
-                continue;
-            }
+        // A round that fails is retried with backoff (from the first step again once one
+        // succeeds) until shutdown.
+        let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let policy = RetryPolicy::until_shutdown(backoff, shutdown);
+        let round = move || relay_round(store, publisher);
+        let Ok(published) = retry_notify(policy, any_error, log_failure, round).await else {
+            return;
         };
+        if published > 0 {
+            tracing::debug!(published, "outbox relay published events");
+        }
         if shutdown.is_cancelled() {
             return;
         }
-        if idle {
+        if published < RELAY_BATCH {
             tokio::select! {
                 () = waker.0.notified() => tokio::time::sleep(RELAY_LINGER).await,
                 () = tokio::time::sleep(RELAY_POLL_INTERVAL) => {}

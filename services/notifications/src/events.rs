@@ -33,7 +33,7 @@ use std::{
 
 use instaclone_shared::{
     amqp::{Batch, BrokerStatus, EventPublisher, HandlerError, QueueSpec, Rejected, run_consumer},
-    backoff::Backoff,
+    backoff::{Backoff, RetryPolicy, Retrying, retry_notify},
     clients::{ClientError, IdPage, UsersClient},
     config::AmqpSettings,
     events::{
@@ -165,19 +165,15 @@ impl EventProcessor {
         &self,
         event: &EventEnvelope,
     ) -> Result<Outcome, HandlerError> {
-        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(4));
-        let mut attempts = 1;
-        loop {
-            match self.handle(event).await {
-                Err(HandlerError::Transient(reason)) if attempts < REPLAY_ATTEMPTS => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%reason, retry_in = ?delay, "retrying an event");
-                    tokio::time::sleep(delay).await;
-                    attempts += 1;
-                }
-                other => return other,
+        let backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(4));
+        let policy = RetryPolicy::attempts(backoff, REPLAY_ATTEMPTS);
+        let is_transient = |error: &HandlerError| matches!(error, HandlerError::Transient(_));
+        let log_retry = |retrying: &Retrying<'_, HandlerError>| {
+            if let HandlerError::Transient(reason) = retrying.error {
+                tracing::warn!(%reason, retry_in = ?retrying.delay, "retrying an event");
             }
-        }
+        };
+        retry_notify(policy, is_transient, log_retry, || self.handle(event)).await
     }
 
     /// Handles `event` once. Safe to call any number of times for the same event.

@@ -7,7 +7,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use instaclone_shared::{backoff::Backoff, config::NotificationSettings};
+use instaclone_shared::{
+    backoff::{Backoff, RetryPolicy, Retrying, any_error, retry_notify},
+    config::NotificationSettings,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{error::NotificationsError, store::NotificationStore};
@@ -20,27 +23,30 @@ pub async fn run(
     settings: NotificationSettings,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let (store, settings) = (&store, &settings);
+    let log_failure = |retrying: &Retrying<'_, NotificationsError>| {
+        let error = retrying.error;
+        tracing::warn!(%error, "retention cleanup failed; will retry");
+    };
     loop {
-        let pause = match clean_once(&store, &settings, Utc::now()).await {
-            Ok((notifications, progress)) => {
-                backoff.reset();
-                if notifications + progress > 0 {
-                    tracing::info!(
-                        notifications,
-                        progress,
-                        "deleted records past their retention"
-                    );
-                }
-                EVERY
-            }
-            Err(error) => {
-                tracing::warn!(%error, "retention cleanup failed; will retry");
-                backoff.next_delay()
-            }
+        // From the first step again after every round that succeeded.
+        let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let policy = RetryPolicy::until_shutdown(backoff, &shutdown);
+        let round = move || clean_once(store, settings, Utc::now());
+        let Ok((notifications, progress)) =
+            retry_notify(policy, any_error, log_failure, round).await
+        else {
+            return;
         };
+        if notifications + progress > 0 {
+            tracing::info!(
+                notifications,
+                progress,
+                "deleted records past their retention"
+            );
+        }
         tokio::select! {
-            () = tokio::time::sleep(pause) => {}
+            () = tokio::time::sleep(EVERY) => {}
             () = shutdown.cancelled() => return,
         }
     }

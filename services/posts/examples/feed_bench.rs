@@ -64,6 +64,16 @@ struct Summary {
 }
 
 impl Summary {
+    /// One-at-a-time measurements: `elapsed` is their sum.
+    fn of(mut latencies: Vec<Duration>) -> Self {
+        latencies.sort_unstable();
+        Self {
+            operations: latencies.len(),
+            elapsed: latencies.iter().sum(),
+            latencies,
+        }
+    }
+
     fn percentile(&self, p: f64) -> Duration {
         if self.latencies.is_empty() {
             return Duration::ZERO;
@@ -140,38 +150,124 @@ fn random_past_object_id(now_secs: u32) -> ObjectId {
     ObjectId::from_bytes(bytes)
 }
 
+/// The benchmark's knobs, from the environment (see the module docs).
+struct Config {
+    target_posts: u64,
+    seed_budget: Duration,
+    followed_count: usize,
+    author_count: usize,
+    phase: Duration,
+    concurrency: usize,
+    visibility_samples: u64,
+    deep_reads: u64,
+}
+
+impl Config {
+    fn from_env() -> anyhow::Result<Self> {
+        let target_posts = setting("BENCH_POSTS", 1_000_000)?;
+        let seed_budget = Duration::from_secs(setting("BENCH_SEED_SECS", 180)?);
+        let followed_count = usize::try_from(setting("BENCH_FOLLOWED", 1_000)?)?;
+        let author_count = usize::try_from(setting("BENCH_AUTHORS", 10_000)?)?.max(followed_count);
+        Ok(Self {
+            target_posts,
+            seed_budget,
+            followed_count,
+            author_count,
+            phase: Duration::from_secs(setting("BENCH_PHASE_SECS", 20)?),
+            concurrency: usize::try_from(setting("BENCH_CONCURRENCY", 16)?)?,
+            visibility_samples: setting("BENCH_VISIBILITY_SAMPLES", 20)?,
+            deep_reads: setting("BENCH_DEEP_READS", 3)?,
+        })
+    }
+}
+
+/// The users and posts services running in-process on a scratch environment, and clients.
+struct Bench {
+    settings: instaclone_shared::config::Settings,
+    shutdown: CancellationToken,
+    users_url: String,
+    posts_url: String,
+    users: UsersClient,
+    http: reqwest::Client,
+    /// Last, so that it is dropped (and its databases with it) after everything else.
+    env: TestEnv,
+}
+
+impl Bench {
+    async fn start() -> anyhow::Result<Self> {
+        let env = TestEnv::new();
+        let mut settings = env.settings.clone();
+        let shutdown = CancellationToken::new();
+        let users_app = instaclone_users::build(&settings, shutdown.clone()).await?;
+        let users_url = format!("http://{}", users_app.address());
+        tokio::spawn(users_app.run_until_stopped());
+        settings.services.users = users_url.clone();
+        let posts_app = instaclone_posts::build(&settings, shutdown.clone()).await?;
+        let posts_url = format!("http://{}", posts_app.address());
+        tokio::spawn(posts_app.run_until_stopped());
+        let token = InternalToken::new(
+            settings
+                .internal
+                .token
+                .clone()
+                .context("test env has a token")?,
+        );
+        let users = UsersClient::new(&users_url, token, Duration::from_secs(30));
+        Ok(Self {
+            settings,
+            shutdown,
+            users_url,
+            posts_url,
+            users,
+            http: reqwest::Client::new(),
+            env,
+        })
+    }
+
+    /// Stops the services and gives them a moment to finish.
+    async fn stop(&self) {
+        self.shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    /// `GET /posts/feed?{query}` as `token`, as JSON.
+    async fn feed_page(&self, token: &str, query: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/posts/feed?{query}", self.posts_url))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+}
+
+/// The reader and the accounts they follow.
+struct Reader {
+    id: Uuid,
+    token: String,
+    followed: Vec<Uuid>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let target_posts = setting("BENCH_POSTS", 1_000_000)?;
-    let seed_budget = Duration::from_secs(setting("BENCH_SEED_SECS", 180)?);
-    let followed_count = usize::try_from(setting("BENCH_FOLLOWED", 1_000)?)?;
-    let author_count = usize::try_from(setting("BENCH_AUTHORS", 10_000)?)?.max(followed_count);
-    let phase = Duration::from_secs(setting("BENCH_PHASE_SECS", 20)?);
-    let concurrency = usize::try_from(setting("BENCH_CONCURRENCY", 16)?)?;
-    let visibility_samples = setting("BENCH_VISIBILITY_SAMPLES", 20)?;
-    let deep_reads = setting("BENCH_DEEP_READS", 3)?;
+    let config = Config::from_env()?;
+    let bench = Bench::start().await?;
+    let reader = register_reader(&bench, config.followed_count).await?;
+    let (authors, stored) = seed_store(&bench, &config, &reader).await?;
+    let timelines = first_feed_read(&bench, &reader).await?;
+    post_to_feed_latency(&bench, &reader, config.visibility_samples).await?;
+    create_posts(&bench, &config, &reader, &authors).await?;
+    read_feed_pages(&bench, &config, &reader, stored).await?;
+    read_below_the_floor(&bench, &config, &reader, &timelines).await?;
+    bench.stop().await;
+    Ok(())
+}
 
-    let env = TestEnv::new();
-    let mut settings = env.settings.clone();
-    let shutdown = CancellationToken::new();
-    let users_app = instaclone_users::build(&settings, shutdown.clone()).await?;
-    let users_url = format!("http://{}", users_app.address());
-    tokio::spawn(users_app.run_until_stopped());
-    settings.services.users = users_url.clone();
-    let posts_app = instaclone_posts::build(&settings, shutdown.clone()).await?;
-    let posts_url = format!("http://{}", posts_app.address());
-    tokio::spawn(posts_app.run_until_stopped());
-    let token = InternalToken::new(
-        settings
-            .internal
-            .token
-            .clone()
-            .context("test env has a token")?,
-    );
-    let users = UsersClient::new(&users_url, token, Duration::from_secs(30));
-    let http = reqwest::Client::new();
-
-    // 1. The reader and the accounts they follow.
+/// Step 1: the reader and the accounts they follow, followed through the users service's API.
+async fn register_reader(bench: &Bench, followed_count: usize) -> anyhow::Result<Reader> {
+    let (users, http) = (&bench.users, &bench.http);
     let started = Instant::now();
     let new_user = |name: String| NewUser {
         email: format!("{name}@bench.example.com"),
@@ -179,7 +275,7 @@ async fn main() -> anyhow::Result<()> {
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned(),
     };
     let reader = users.create_user(&new_user("reader".to_owned())).await?.id;
-    let reader_token = env.access_token(reader);
+    let reader_token = bench.env.access_token(reader);
     let mut followed = Vec::with_capacity(followed_count);
     for chunk in (0..followed_count).collect::<Vec<_>>().chunks(32) {
         let created = futures_util::future::join_all(
@@ -194,7 +290,7 @@ async fn main() -> anyhow::Result<()> {
     }
     for chunk in followed.chunks(32) {
         let results = futures_util::future::join_all(chunk.iter().map(|id| {
-            http.post(format!("{users_url}/users/follow"))
+            http.post(format!("{}/users/follow", bench.users_url))
                 .bearer_auth(&reader_token)
                 .json(&json!({ "userIdToFollow": id }))
                 .send()
@@ -213,38 +309,29 @@ async fn main() -> anyhow::Result<()> {
         page.ids.len(),
         started.elapsed().as_secs_f64()
     );
+    Ok(Reader {
+        id: reader,
+        token: reader_token,
+        followed,
+    })
+}
 
-    // 2. Seed the store directly.
-    let mongo = env.mongo(&settings.mongo.posts_database).await;
+/// Step 2: seeds the store directly; returns every author and how many posts the store holds.
+async fn seed_store(
+    bench: &Bench,
+    config: &Config,
+    reader: &Reader,
+) -> anyhow::Result<(Vec<Uuid>, u64)> {
+    let (target_posts, seed_budget) = (config.target_posts, config.seed_budget);
+    let mongo = bench.env.mongo(&bench.settings.mongo.posts_database).await;
     let store = PostStore::new(&mongo);
-    let mut authors = followed.clone();
-    authors.extend((followed_count..author_count).map(|_| Uuid::now_v7()));
+    let mut authors = reader.followed.clone();
+    authors.extend((config.followed_count..config.author_count).map(|_| Uuid::now_v7()));
     let now_secs = u32::try_from(chrono::Utc::now().timestamp())?;
     let started = Instant::now();
     let mut seeded: u64 = 0;
-    const BATCH: u64 = 1_000;
-    const PARALLEL_BATCHES: u64 = 4;
     while seeded < target_posts && started.elapsed() < seed_budget {
-        let batches = (0..PARALLEL_BATCHES)
-            .map(|b| {
-                let count = BATCH.min(target_posts.saturating_sub(seeded + b * BATCH));
-                let documents = (0..count)
-                    .map(|n| {
-                        let pick = usize::from(Uuid::new_v4().as_bytes()[0]) * 256
-                            + usize::from(Uuid::new_v4().as_bytes()[1]);
-                        let author = authors[pick % authors.len()];
-                        PostStore::seed_document(
-                            random_past_object_id(now_secs),
-                            author,
-                            &format!("seeded post {}", seeded + b * BATCH + n),
-                            "https://cdn.example.com/media/seed.jpg",
-                        )
-                    })
-                    .collect::<Vec<_>>();
-                (count, documents)
-            })
-            .filter(|(count, _)| *count > 0)
-            .collect::<Vec<_>>();
+        let batches = seed_batches(&authors, now_secs, target_posts, seeded);
         let counts: u64 = batches.iter().map(|(count, _)| count).sum();
         let inserts = batches
             .into_iter()
@@ -259,28 +346,63 @@ async fn main() -> anyhow::Result<()> {
         .collection::<mongodb::bson::Document>(POSTS_COLLECTION)
         .estimated_document_count()
         .await?;
-    let followed_ids: Vec<String> = followed.iter().map(Uuid::to_string).collect();
+    let followed_ids: Vec<String> = reader.followed.iter().map(Uuid::to_string).collect();
     let by_followed = mongo
         .collection::<mongodb::bson::Document>(POSTS_COLLECTION)
         .count_documents(doc! { "userId": { "$in": followed_ids } })
         .await?;
     println!(
-        "seed: {seeded} posts inserted directly in {seed_secs:.1} s = {:.0}/s (target {target_posts}, budget {} s); store holds {stored} posts, {by_followed} by followed accounts, from {author_count} authors",
+        "seed: {seeded} posts inserted directly in {seed_secs:.1} s = {:.0}/s (target {target_posts}, budget {} s); store holds {stored} posts, {by_followed} by followed accounts, from {} authors",
         seeded as f64 / seed_secs,
         seed_budget.as_secs(),
+        config.author_count,
     );
+    Ok((authors, stored))
+}
 
-    // 3. The first feed read rebuilds the reader's timeline.
+/// Posts inserted per `insertMany`.
+const SEED_BATCH: u64 = 1_000;
+/// `insertMany` calls in flight at once.
+const SEED_PARALLEL_BATCHES: u64 = 4;
+
+/// The next round of seeding after `seeded` posts: up to [`SEED_PARALLEL_BATCHES`] batches
+/// (their sizes, and the documents) by random `authors`, created within the past year.
+fn seed_batches(
+    authors: &[Uuid],
+    now_secs: u32,
+    target_posts: u64,
+    seeded: u64,
+) -> Vec<(u64, Vec<mongodb::bson::Document>)> {
+    (0..SEED_PARALLEL_BATCHES)
+        .map(|b| {
+            let count = SEED_BATCH.min(target_posts.saturating_sub(seeded + b * SEED_BATCH));
+            let documents = (0..count)
+                .map(|n| {
+                    let pick = usize::from(Uuid::new_v4().as_bytes()[0]) * 256
+                        + usize::from(Uuid::new_v4().as_bytes()[1]);
+                    let author = authors[pick % authors.len()];
+                    PostStore::seed_document(
+                        random_past_object_id(now_secs),
+                        author,
+                        &format!("seeded post {}", seeded + b * SEED_BATCH + n),
+                        "https://cdn.example.com/media/seed.jpg",
+                    )
+                })
+                .collect::<Vec<_>>();
+            (count, documents)
+        })
+        .filter(|(count, _)| *count > 0)
+        .collect()
+}
+
+/// Step 3: the first feed read rebuilds the reader's timeline; returns the timelines, to look
+/// at it.
+async fn first_feed_read(bench: &Bench, reader: &Reader) -> anyhow::Result<HomeTimelines> {
+    let settings = &bench.settings;
     let started = Instant::now();
-    let first: Value = http
-        .get(format!("{posts_url}/posts/feed?limit=20"))
-        .bearer_auth(&reader_token)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let first = bench.feed_page(&reader.token, "limit=20").await?;
     let rebuild = started.elapsed();
-    let redis = env.redis().await;
+    let redis = bench.env.redis().await;
     let follows = FollowCache::new(
         redis.clone(),
         settings.redis.clone(),
@@ -293,7 +415,10 @@ async fn main() -> anyhow::Result<()> {
         follows,
     );
     let capacity = settings.timelines.capacity.get();
-    let (floor, entries) = match timelines.read(reader, None, capacity, Filter::None).await? {
+    let (floor, entries) = match timelines
+        .read(reader.id, None, capacity, Filter::None)
+        .await?
+    {
         TimelineWindow::Entries { floor, entries, .. } => (floor, entries.len()),
         TimelineWindow::Missing | TimelineWindow::NoFollowSet => {
             bail!("the first read left no timeline")
@@ -301,31 +426,31 @@ async fn main() -> anyhow::Result<()> {
     };
     println!(
         "first feed read (rebuilds the timeline from {} sources): {:.1} ms, {} posts on the page; timeline holds {entries} ids, floor {floor}",
-        followed.len() + 1,
+        reader.followed.len() + 1,
         ms(rebuild),
         first["data"].as_array().map_or(0, Vec::len),
     );
+    Ok(timelines)
+}
 
-    // 4. Post-to-feed latency: how long until a new post by a followed account heads the feed.
+/// Step 4, post-to-feed latency: how long until a new post by a followed account heads the
+/// feed.
+async fn post_to_feed_latency(bench: &Bench, reader: &Reader, samples: u64) -> anyhow::Result<()> {
+    let followed = &reader.followed;
     let mut visibility = Vec::new();
-    for n in 0..visibility_samples {
+    for n in 0..samples {
         let author = followed[usize::try_from(n)? % followed.len()];
         visibility.push(
             post_and_wait_until_in_feed(
-                &http,
-                &posts_url,
-                &env.access_token(author),
-                &reader_token,
+                &bench.http,
+                &bench.posts_url,
+                &bench.env.access_token(author),
+                &reader.token,
             )
             .await?,
         );
     }
-    visibility.sort_unstable();
-    let visible = Summary {
-        operations: visibility.len(),
-        elapsed: visibility.iter().sum(),
-        latencies: visibility,
-    };
+    let visible = Summary::of(visibility);
     println!(
         "post-to-feed: {} posts, from POST /posts to heading the follower's feed p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         visible.operations,
@@ -333,16 +458,30 @@ async fn main() -> anyhow::Result<()> {
         ms(visible.percentile(0.99)),
         ms(visible.latencies.last().copied().unwrap_or_default()),
     );
+    Ok(())
+}
 
-    // 5. Post creation through the API.
+/// Step 5: post creation through the API, then a wait until the relay and the timeline
+/// consumer have caught up.
+async fn create_posts(
+    bench: &Bench,
+    config: &Config,
+    reader: &Reader,
+    authors: &[Uuid],
+) -> anyhow::Result<()> {
+    let concurrency = config.concurrency;
     let create = {
-        let http = http.clone();
-        let url = format!("{posts_url}/posts");
+        let http = bench.http.clone();
+        let url = format!("{}/posts", bench.posts_url);
         // Authors drawn from all of them, as in the seeded store: a tenth are followed by the
         // reader, so their posts are fanned out into the reader's timeline meanwhile.
-        let tokens: Arc<Vec<String>> =
-            Arc::new(authors.iter().map(|id| env.access_token(*id)).collect());
-        load(concurrency, phase, move |n| {
+        let tokens: Arc<Vec<String>> = Arc::new(
+            authors
+                .iter()
+                .map(|id| bench.env.access_token(*id))
+                .collect(),
+        );
+        load(concurrency, config.phase, move |n| {
             let request = http
                 .post(&url)
                 .bearer_auth(&tokens[n % tokens.len()])
@@ -362,34 +501,34 @@ async fn main() -> anyhow::Result<()> {
     // by a followed account heads the reader's feed.
     let started = Instant::now();
     let caught_up = post_and_wait_until_in_feed(
-        &http,
-        &posts_url,
-        &env.access_token(followed[0]),
-        &reader_token,
+        &bench.http,
+        &bench.posts_url,
+        &bench.env.access_token(reader.followed[0]),
+        &reader.token,
     )
     .await?;
     println!(
         "backlog: the relay and the timeline consumer caught up {:.1} s after the create phase ({caught_up:?} for the marker post)",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
 
-    // 6. Home-feed reads through the API: the first page, and a page further down.
-    let first_page: Value = http
-        .get(format!("{posts_url}/posts/feed?limit=20"))
-        .bearer_auth(&reader_token)
-        .send()
-        .await?
-        .json()
-        .await?;
+/// Step 6: home-feed reads through the API, the first page and a page further down (`stored`:
+/// the store's size, for the report).
+async fn read_feed_pages(
+    bench: &Bench,
+    config: &Config,
+    reader: &Reader,
+    stored: u64,
+) -> anyhow::Result<()> {
+    let concurrency = config.concurrency;
+    let first_page = bench.feed_page(&reader.token, "limit=20").await?;
     let mut cursor = first_page["data"][19]["_id"].as_str().map(str::to_owned);
     for _ in 0..4 {
         let Some(before) = cursor.clone() else { break };
-        let page: Value = http
-            .get(format!("{posts_url}/posts/feed?limit=20&before={before}"))
-            .bearer_auth(&reader_token)
-            .send()
-            .await?
-            .json()
+        let page = bench
+            .feed_page(&reader.token, &format!("limit=20&before={before}"))
             .await?;
         cursor = page["data"][19]["_id"].as_str().map(str::to_owned);
     }
@@ -400,10 +539,10 @@ async fn main() -> anyhow::Result<()> {
             format!("limit=20&before={}", cursor.clone().unwrap_or_default()),
         ),
     ] {
-        let http = http.clone();
-        let url = format!("{posts_url}/posts/feed?{query}");
-        let token = reader_token.clone();
-        let feed = load(concurrency, phase, move |_| {
+        let http = bench.http.clone();
+        let url = format!("{}/posts/feed?{query}", bench.posts_url);
+        let token = reader.token.clone();
+        let feed = load(concurrency, config.phase, move |_| {
             let request = http.get(&url).bearer_auth(&token);
             async move {
                 let response = request.send().await?;
@@ -420,22 +559,34 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         feed.report(&format!(
             "GET /posts/feed {label} ({concurrency} clients, {} followed, {stored}+ posts)",
-            followed.len()
+            reader.followed.len()
         ));
     }
+    Ok(())
+}
 
-    // 7. A page below the timeline's floor comes from MongoDB (fan-out on read), and the
-    // follow-graph call every read makes.
+/// Step 7: a page below the timeline's floor comes from MongoDB (fan-out on read), and the
+/// follow-graph call every read makes.
+async fn read_below_the_floor(
+    bench: &Bench,
+    config: &Config,
+    reader: &Reader,
+    timelines: &HomeTimelines,
+) -> anyhow::Result<()> {
     let floor = timelines
-        .floor(reader)
+        .floor(reader.id)
         .await?
         .context("the reader's timeline is gone")?;
     let mut deep = Vec::new();
-    for _ in 0..deep_reads {
+    for _ in 0..config.deep_reads {
         let started = Instant::now();
-        let response = http
-            .get(format!("{posts_url}/posts/feed?limit=20&before={floor}"))
-            .bearer_auth(&reader_token)
+        let response = bench
+            .http
+            .get(format!(
+                "{}/posts/feed?limit=20&before={floor}",
+                bench.posts_url
+            ))
+            .bearer_auth(&reader.token)
             .send()
             .await?;
         if !response.status().is_success() {
@@ -443,16 +594,10 @@ async fn main() -> anyhow::Result<()> {
         }
         deep.push(started.elapsed());
     }
-    deep.sort_unstable();
-    let deep = Summary {
-        operations: deep.len(),
-        elapsed: deep.iter().sum(),
-        latencies: deep,
-    };
-    deep.report("GET /posts/feed below the timeline floor, from MongoDB (1 client)");
+    Summary::of(deep).report("GET /posts/feed below the timeline floor, from MongoDB (1 client)");
     let graph = {
-        let users = users.clone();
-        load(1, phase / 2, move |_| {
+        let (users, reader) = (bench.users.clone(), reader.id);
+        load(1, config.phase / 2, move |_| {
             let users = users.clone();
             async move {
                 users.following_page(reader, None, MAX_ID_PAGE).await?;
@@ -462,9 +607,6 @@ async fn main() -> anyhow::Result<()> {
         .await?
     };
     graph.report("users service: followed ids (1 client)");
-
-    shutdown.cancel();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(())
 }
 
