@@ -33,7 +33,7 @@ async fn the_web_app_works_in_chromium_over_websocket_and_sse() {
         Command::new("node")
             .arg("app.test.mjs")
             .current_dir(&dir)
-            .env("BASE_URL", &platform.gateway)
+            .env("BASE_URL", &platform.gateway.base_url)
             .env("CHROMIUM", &chromium)
             .output()
             .expect("node is not installed")

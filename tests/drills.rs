@@ -27,8 +27,8 @@ use std::{
 use common::platform::{
     LiveClient, Platform, Ports, User, follow, history, post, register, unique_ids, url, wait_until,
 };
-use instaclone_shared::testing::{TcpProxy, TestEnv};
-use serde_json::{Value, json};
+use instaclone_shared::testing::{TcpProxy, TestClient, TestEnv, TestRequest};
+use serde_json::json;
 
 /// How long, after an outage ends, everything it held up may take to arrive.
 const CATCH_UP: Duration = Duration::from_secs(120);
@@ -37,7 +37,8 @@ const CATCH_UP: Duration = Duration::from_secs(120);
 struct Scene {
     name: &'static str,
     platform: Platform,
-    client: reqwest::Client,
+    /// The gateway, with a timeout.
+    gateway: TestClient,
     author: User,
     recipient: User,
     /// Connected before anything happened; holds on (reconnecting) throughout.
@@ -62,16 +63,16 @@ impl Scene {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
-        let gateway = platform.gateway.clone();
+        let gateway = TestClient::with_http(platform.gateway.base_url.clone(), client);
         let tag: String = env.id.chars().filter(char::is_ascii_alphanumeric).collect();
-        let author = register(&client, &gateway, &format!("author{tag}")).await;
-        let recipient = register(&client, &gateway, &format!("recipient{tag}")).await;
-        let earlier = register(&client, &gateway, &format!("earlier{tag}")).await;
+        let author = register(&gateway, &format!("author{tag}")).await;
+        let recipient = register(&gateway, &format!("recipient{tag}")).await;
+        let earlier = register(&gateway, &format!("earlier{tag}")).await;
         let live = LiveClient::start(&platform.hubs, &recipient, None).await;
         let scene = Self {
             name,
             platform,
-            client,
+            gateway,
             author,
             recipient,
             live,
@@ -96,9 +97,9 @@ impl Scene {
     /// `follower` follows `followee`, repeating on 503 until accepted.
     async fn follow(&self, follower: &User, followee: &str) {
         self.write("POST /users/follow", || {
-            self.client
-                .post(format!("{}/users/follow", self.platform.gateway))
-                .bearer_auth(&follower.token)
+            self.gateway
+                .post("/users/follow")
+                .bearer(&follower.token)
                 .json(&json!({ "userIdToFollow": followee }))
         })
         .await;
@@ -106,9 +107,9 @@ impl Scene {
 
     async fn post(&self, caption: &str) {
         self.write("POST /posts", || {
-            self.client
-                .post(format!("{}/posts", self.platform.gateway))
-                .bearer_auth(&self.author.token)
+            self.gateway
+                .post("/posts")
+                .bearer(&self.author.token)
                 .json(&json!({ "caption": caption, "mediaUrl": "https://cdn.example.com/a.jpg" }))
         })
         .await;
@@ -117,20 +118,20 @@ impl Scene {
     /// Sends the request until it succeeds. While a dependency is cut the only other answer
     /// allowed is a 503 in the error envelope with `Retry-After`, which is honoured (as a
     /// client would) and the request repeated.
-    async fn write(&self, what: &str, request: impl Fn() -> reqwest::RequestBuilder) {
+    async fn write(&self, what: &str, request: impl Fn() -> TestRequest) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(400);
         loop {
             let response = request()
-                .send()
+                .try_send()
                 .await
                 .unwrap_or_else(|e| panic!("{}: {what}: no answer: {e}", self.name));
-            let status = response.status();
+            let status = response.status;
             if status.is_success() {
                 return;
             }
             self.refused.fetch_add(1, Ordering::Relaxed);
-            let retry_after = response.headers().get("retry-after").cloned();
-            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let retry_after = response.header("retry-after");
+            let body = &response.body;
             assert_eq!(
                 status, 503,
                 "{}: {what} answered {status}: {body}",
@@ -143,8 +144,6 @@ impl Scene {
             );
             let wait: u64 = retry_after
                 .unwrap_or_else(|| panic!("{}: {what}: 503 without Retry-After", self.name))
-                .to_str()
-                .unwrap()
                 .parse()
                 .unwrap();
             assert!(
@@ -178,12 +177,12 @@ impl Scene {
     /// all four once each and `resumed` (the fresh client, back after the outage) the three.
     async fn assert_each_exactly_once(&self, resumed: &LiveClient) {
         let name = self.name;
-        let gateway = &self.platform.gateway;
+        let gateway = &self.gateway;
         wait_until(
             &format!("{name}: 4 notifications in history and on the sockets"),
             CATCH_UP,
             || async {
-                history(&self.client, gateway, &self.recipient).await.len() >= 4
+                history(gateway, &self.recipient).await.len() >= 4
                     && self.live.notifications().len() >= 4
                     && resumed.notifications().len() >= 3
             },
@@ -192,7 +191,7 @@ impl Scene {
         // Anything sent twice would arrive close behind the first copy.
         tokio::time::sleep(Duration::from_secs(3)).await;
 
-        let stored = history(&self.client, gateway, &self.recipient).await;
+        let stored = history(gateway, &self.recipient).await;
         let stored_ids = unique_ids(&stored, &format!("{name}: history"));
         assert_eq!(stored.len(), 4, "{name}: history {stored:#?}");
         let kinds: Vec<&str> = stored.iter().map(|n| n["type"].as_str().unwrap()).collect();
@@ -363,18 +362,17 @@ fn panic_message(error: tokio::task::JoinError) -> String {
 async fn kill_minus_nine_during_a_fan_out_loses_and_duplicates_nothing() {
     let env = TestEnv::new();
     let mut platform = Platform::start(&env, &[], 0).await;
-    let client = reqwest::Client::new();
     let gateway = platform.gateway.clone();
-    let author = register(&client, &gateway, &format!("star{}", env.id)).await;
+    let author = register(&gateway, &format!("star{}", env.id)).await;
     let mut followers = Vec::new();
     for i in 0..20 {
-        let follower = register(&client, &gateway, &format!("fan{i}x{}", env.id)).await;
-        follow(&client, &gateway, &follower, &author.id).await;
+        let follower = register(&gateway, &format!("fan{i}x{}", env.id)).await;
+        follow(&gateway, &follower, &author.id).await;
         let live = LiveClient::start(&platform.hubs, &follower, None).await;
         followers.push((follower, live));
     }
     for caption in ["one", "two", "three"] {
-        post(&client, &gateway, &author, caption).await;
+        post(&gateway, &author, caption).await;
     }
     wait_until("the fan-out to begin", Duration::from_secs(30), || async {
         followers
@@ -387,13 +385,13 @@ async fn kill_minus_nine_during_a_fan_out_loses_and_duplicates_nothing() {
 
     for (follower, live) in &followers {
         wait_until("3 posts for every follower", CATCH_UP, || async {
-            history(&client, &gateway, follower).await.len() >= 3 && live.notifications().len() >= 3
+            history(&gateway, follower).await.len() >= 3 && live.notifications().len() >= 3
         })
         .await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (follower, live) in &followers {
-        let stored = history(&client, &gateway, follower).await;
+        let stored = history(&gateway, follower).await;
         assert_eq!(stored.len(), 3, "history of {}: {stored:#?}", follower.id);
         let stored_ids = unique_ids(&stored, "history");
         assert_eq!(unique_ids(&live.notifications(), "socket"), stored_ids);
@@ -407,19 +405,18 @@ async fn kill_minus_nine_during_a_fan_out_loses_and_duplicates_nothing() {
 async fn a_killed_hub_replica_s_clients_resume_on_the_other() {
     let env = TestEnv::new();
     let mut platform = Platform::start(&env, &[], 1).await;
-    let client = reqwest::Client::new();
     let gateway = platform.gateway.clone();
-    let author = register(&client, &gateway, &format!("poster{}", env.id)).await;
+    let author = register(&gateway, &format!("poster{}", env.id)).await;
     // Clients prefer the second replica, and fall back to the first.
     let hubs = [platform.hubs[1].clone(), platform.hubs[0].clone()];
     let mut readers = Vec::new();
     for i in 0..5 {
-        let reader = register(&client, &gateway, &format!("reader{i}x{}", env.id)).await;
-        follow(&client, &gateway, &reader, &author.id).await;
+        let reader = register(&gateway, &format!("reader{i}x{}", env.id)).await;
+        follow(&gateway, &reader, &author.id).await;
         let live = LiveClient::start(&hubs, &reader, None).await;
         readers.push((reader, live));
     }
-    post(&client, &gateway, &author, "before the kill").await;
+    post(&gateway, &author, "before the kill").await;
     wait_until(
         "the first post on every socket",
         Duration::from_secs(30),
@@ -432,18 +429,18 @@ async fn a_killed_hub_replica_s_clients_resume_on_the_other() {
     .await;
     platform.kill(1);
     // Made while the clients find the other replica.
-    post(&client, &gateway, &author, "during the reconnect").await;
-    post(&client, &gateway, &author, "after the kill").await;
+    post(&gateway, &author, "during the reconnect").await;
+    post(&gateway, &author, "after the kill").await;
 
     for (reader, live) in &readers {
         wait_until("3 posts for every reader", CATCH_UP, || async {
-            history(&client, &gateway, reader).await.len() >= 3 && live.notifications().len() >= 3
+            history(&gateway, reader).await.len() >= 3 && live.notifications().len() >= 3
         })
         .await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (reader, live) in &readers {
-        let stored_ids = unique_ids(&history(&client, &gateway, reader).await, "history");
+        let stored_ids = unique_ids(&history(&gateway, reader).await, "history");
         assert_eq!(stored_ids.len(), 3);
         assert_eq!(unique_ids(&live.notifications(), "socket"), stored_ids);
         assert!(

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::platform::{Platform, Socket, connect_ws, follow, history, post, register};
 use futures_util::{SinkExt, StreamExt};
-use instaclone_shared::testing::TestEnv;
+use instaclone_shared::testing::{SseStream, TestClient, TestEnv};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite;
 
@@ -48,72 +48,52 @@ async fn next_notification(socket: &mut Socket) -> Value {
 }
 
 /// Reads SSE events until one `event: notification` arrives; returns its data.
-async fn next_sse_notification(response: &mut reqwest::Response, buffer: &mut String) -> Value {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let mut event = "message";
-                let mut data = String::new();
-                for line in block.lines() {
-                    if let Some(value) = line.strip_prefix("event:") {
-                        event = value.trim();
-                    } else if let Some(value) = line.strip_prefix("data:") {
-                        data.push_str(value.trim_start());
-                    }
-                }
-                if event == "notification" {
-                    return serde_json::from_str(&data).unwrap();
-                }
-            }
-            let chunk = response.chunk().await.unwrap().expect("SSE stream ended");
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    })
-    .await
-    .expect("no notification over SSE in time")
+async fn next_sse_notification(events: &mut SseStream) -> Value {
+    let event = events
+        .next_named("notification", WAIT)
+        .await
+        .expect("no notification over SSE in time");
+    serde_json::from_str(&event.data).unwrap()
 }
 
 #[tokio::test]
 async fn follow_and_post_notifications_reach_websocket_sse_and_history() {
     let env = TestEnv::new();
     let platform = Platform::start(&env, &[], 1).await;
-    let client = reqwest::Client::new();
     let gateway = &platform.gateway;
-    let ada = register(&client, gateway, &format!("ada{}", env.id)).await;
-    let bob = register(&client, gateway, &format!("bob{}", env.id)).await;
+    let ada = register(gateway, &format!("ada{}", env.id)).await;
+    let bob = register(gateway, &format!("bob{}", env.id)).await;
 
     // Bob listens on replica 2; Ada follows him.
     let mut bob_ws = connect_ws(&platform.hubs[1], &bob, None).await.unwrap();
-    follow(&client, gateway, &ada, &bob.id).await;
+    follow(gateway, &ada, &bob.id).await;
     let frame = next_notification(&mut bob_ws).await;
     assert_eq!(frame["data"]["type"], "follow");
     assert_eq!(frame["data"]["data"]["followerId"], ada.id.as_str());
 
     // Ada listens on replica 1 (WebSocket) and, on another device, on replica 2 (SSE).
     let mut ada_ws = connect_ws(&platform.hubs[0], &ada, None).await.unwrap();
-    let mut ada_sse = client
-        .get(format!("{}/realtime/sse", platform.hubs[1]))
-        .bearer_auth(&ada.token)
-        .send()
+    let mut ada_sse = TestClient::new(&platform.hubs[1])
+        .get("/realtime/sse")
+        .bearer(&ada.token)
+        .sse()
         .await
-        .unwrap();
-    assert_eq!(ada_sse.status(), 200);
-    let mut sse_buffer = String::new();
+        .unwrap_or_else(|refused| panic!("SSE refused: {}", refused.status));
+    assert_eq!(ada_sse.status, 200);
 
-    let posted = post(&client, gateway, &bob, "sunset").await;
+    let posted = post(gateway, &bob, "sunset").await;
     let post_id = posted["_id"].as_str().unwrap().to_owned();
 
     let over_ws = next_notification(&mut ada_ws).await;
     assert_eq!(over_ws["data"]["type"], "post_created");
     assert_eq!(over_ws["data"]["data"]["postId"], post_id.as_str());
-    let over_sse = next_sse_notification(&mut ada_sse, &mut sse_buffer).await;
+    let over_sse = next_sse_notification(&mut ada_sse).await;
     assert_eq!(over_sse["type"], "post_created");
     assert_eq!(over_sse["_id"], over_ws["data"]["_id"]);
 
     // Both notifications are in the history.
     for (user, kind) in [(&bob, "follow"), (&ada, "post_created")] {
-        let kinds: Vec<String> = history(&client, gateway, user)
+        let kinds: Vec<String> = history(gateway, user)
             .await
             .iter()
             .map(|n| n["type"].as_str().unwrap().to_owned())
@@ -124,9 +104,9 @@ async fn follow_and_post_notifications_reach_websocket_sse_and_history() {
     // Ada drops off, misses a post, and resumes from her last id on the other replica.
     let last_id = over_ws["id"].as_str().unwrap().to_owned();
     drop(ada_ws);
-    let missed = post(&client, gateway, &bob, "second").await;
+    let missed = post(gateway, &bob, "second").await;
     // The SSE device stays live and sees it, so it has been stored by then.
-    let live = next_sse_notification(&mut ada_sse, &mut sse_buffer).await;
+    let live = next_sse_notification(&mut ada_sse).await;
     assert_eq!(live["data"]["postId"], missed["_id"]);
     let mut resumed = connect_ws(&platform.hubs[1], &ada, Some(&last_id))
         .await

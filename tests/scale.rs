@@ -18,7 +18,7 @@ use common::{
     instaclone,
     platform::{LiveClient, User, follow, history, post, register, unique_ids, url, wait_until},
 };
-use instaclone_shared::testing::TestEnv;
+use instaclone_shared::testing::{TestClient, TestEnv};
 
 const HUBS: usize = 3;
 const FOLLOWERS: usize = 9;
@@ -156,25 +156,21 @@ fn free_base_port() -> u16 {
 }
 
 /// `hub_connections` (all transports) on one replica, read from its `/metrics`.
-async fn connections_on(client: &reqwest::Client, replica: &str, token: &str) -> f64 {
-    let text = client
-        .get(format!("{replica}/metrics"))
-        .bearer_auth(token)
-        .send()
+async fn connections_on(replica: &str, token: &str) -> f64 {
+    let text = TestClient::new(replica)
+        .get("/metrics")
+        .bearer(token)
         .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text");
+        .text;
     text.lines()
         .filter(|line| line.starts_with("hub_connections{"))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
-async fn post_round(client: &reqwest::Client, gateway: &str, author: &User, round: &str) {
+async fn post_round(gateway: &TestClient, author: &User, round: &str) {
     for i in 0..3 {
-        post(client, gateway, author, &format!("{round} {i}")).await;
+        post(gateway, author, &format!("{round} {i}")).await;
     }
 }
 
@@ -196,13 +192,13 @@ async fn replicas_behind_haproxy_share_clients_and_lose_nothing_when_one_drains_
         .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let gateway = scale.gateway();
+    let gateway = TestClient::with_http(scale.gateway(), client);
 
-    let author = register(&client, &gateway, "scale-author").await;
+    let author = register(&gateway, "scale-author").await;
     let mut followers = Vec::new();
     for i in 0..FOLLOWERS {
-        let follower = register(&client, &gateway, &format!("scale-follower-{i}")).await;
-        follow(&client, &gateway, &follower, &author.id).await;
+        let follower = register(&gateway, &format!("scale-follower-{i}")).await;
+        follow(&gateway, &follower, &author.id).await;
         followers.push(follower);
     }
     let hubs = [scale.hub()];
@@ -213,16 +209,16 @@ async fn replicas_behind_haproxy_share_clients_and_lose_nothing_when_one_drains_
 
     // leastconn spreads the clients: every replica holds some.
     for index in 1..=HUBS {
-        let held = connections_on(&client, &scale.hub_replica(index), scale.internal_token()).await;
+        let held = connections_on(&scale.hub_replica(index), scale.internal_token()).await;
         assert!(held >= 1.0, "hub replica {index} holds {held} connections");
     }
 
-    post_round(&client, &gateway, &author, "all up").await;
+    post_round(&gateway, &author, "all up").await;
     wait_for_everyone(&clients, 3, "the first round on every client").await;
 
     // Replica 1 drains: its clients are told to reconnect and the balancer sends them on.
     scale.signal("hub", 1, "TERM");
-    post_round(&client, &gateway, &author, "one draining").await;
+    post_round(&gateway, &author, "one draining").await;
     wait_for_everyone(&clients, 6, "the round posted while replica 1 drained").await;
 
     // Replica 2 crashes, and so do one replica of posts and of the gateway: the balancer
@@ -230,9 +226,9 @@ async fn replicas_behind_haproxy_share_clients_and_lose_nothing_when_one_drains_
     scale.signal("hub", 2, "KILL");
     scale.signal("posts", 1, "KILL");
     scale.signal("gateway", 1, "KILL");
-    post_round(&client, &gateway, &author, "one crashed").await;
+    post_round(&gateway, &author, "one crashed").await;
     wait_for_everyone(&clients, 9, "the round posted after replica 2 crashed").await;
-    let held = connections_on(&client, &scale.hub_replica(3), scale.internal_token()).await;
+    let held = connections_on(&scale.hub_replica(3), scale.internal_token()).await;
     assert_eq!(
         held, FOLLOWERS as f64,
         "every client ended on the last replica"
@@ -244,7 +240,7 @@ async fn replicas_behind_haproxy_share_clients_and_lose_nothing_when_one_drains_
         let received = live.notifications();
         let what = format!("{}'s socket", follower.id);
         let on_socket = unique_ids(&received, &what);
-        let in_history: std::collections::HashSet<String> = history(&client, &gateway, follower)
+        let in_history: std::collections::HashSet<String> = history(&gateway, follower)
             .await
             .iter()
             .filter_map(|n| n["_id"].as_str().map(str::to_owned))

@@ -9,6 +9,12 @@
 //! with services elsewhere only sets those. A server that cannot be reached makes the part that
 //! needs it fail to build with an error naming that server (see [`crate::db`]), within
 //! [`TEST_STARTUP_WAIT`].
+//!
+//! Tests talk to the parts they start through a [`TestClient`], and read their SSE streams as an
+//! [`SseStream`].
+
+mod client;
+mod sse;
 
 use std::time::Duration;
 
@@ -20,6 +26,9 @@ use crate::{
     auth::{Claims, TokenIssuer, TokenKind, generate_internal_token, generate_key_pair},
     config::{Secret, Settings},
 };
+
+pub use client::{TestClient, TestRequest, TestResponse};
+pub use sse::{SseEvent, SseStream};
 
 /// How long a test waits for a backing server before failing with its name. Generous: when the
 /// whole suite runs, dozens of parts start at once against the same servers, and a RabbitMQ
@@ -543,21 +552,16 @@ mod proxy_tests {
 
 /// Asserts `response` is what a part answers while its own store is unreachable: 503 in the error
 /// envelope with `Retry-After`, and a message that names no internals. `what` names the request.
-pub async fn assert_unavailable(response: reqwest::Response, what: &str) {
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .cloned();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
+pub fn assert_unavailable(response: &TestResponse, what: &str) {
+    let body = &response.body;
     assert_eq!(
-        status,
+        response.status,
         reqwest::StatusCode::SERVICE_UNAVAILABLE,
         "{what}: {body}"
     );
     assert_eq!(body["statusCode"], 503, "{what}: {body}");
     assert_eq!(body["error"], "Service Unavailable", "{what}: {body}");
-    let message = body["message"].as_str().unwrap_or_default().to_lowercase();
+    let message = response.message().to_lowercase();
     for internal in [
         "redis",
         "mongo",
@@ -571,7 +575,9 @@ pub async fn assert_unavailable(response: reqwest::Response, what: &str) {
             "{what}: message names {internal}: {body}"
         );
     }
-    let seconds: u64 = retry_after
+    let seconds: u64 = response
+        .headers
+        .get(reqwest::header::RETRY_AFTER)
         .unwrap_or_else(|| panic!("{what}: 503 without Retry-After"))
         .to_str()
         .ok()

@@ -11,7 +11,7 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt};
-use instaclone_shared::testing::TestEnv;
+use instaclone_shared::testing::{TestClient, TestEnv};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
@@ -60,7 +60,7 @@ pub fn url(port: u16) -> String {
 /// resources, one key pair and one service credential.
 pub struct Platform {
     pub ports: Ports,
-    pub gateway: String,
+    pub gateway: TestClient,
     /// The all-in-one process's hub first, then the extra replicas.
     pub hubs: Vec<String>,
     extra_env: Vec<(String, String)>,
@@ -83,7 +83,7 @@ impl Platform {
     ) -> Self {
         let mut platform = Self {
             ports,
-            gateway: url(ports.gateway),
+            gateway: TestClient::new(url(ports.gateway)),
             hubs: vec![url(ports.hub)],
             extra_env: extra_env
                 .iter()
@@ -158,9 +158,9 @@ impl Platform {
 }
 
 async fn wait_ready(part: &str) {
-    let client = reqwest::Client::new();
-    wait_until(&format!("{part}/ready"), Duration::from_secs(90), || async {
-        matches!(client.get(format!("{part}/ready")).send().await, Ok(r) if r.status().is_success())
+    let client = TestClient::new(part);
+    wait_until(&client.url("/ready"), Duration::from_secs(90), || async {
+        matches!(client.get("/ready").try_send().await, Ok(r) if r.status.is_success())
     })
     .await;
 }
@@ -187,61 +187,52 @@ pub struct User {
     pub token: String,
 }
 
-pub async fn register(client: &reqwest::Client, gateway: &str, name: &str) -> User {
-    let response = client
-        .post(format!("{gateway}/auth/register"))
+/// Registers `name@example.com` through `gateway` (asserting 201).
+pub async fn register(gateway: &TestClient, name: &str) -> User {
+    let response = gateway
+        .post("/auth/register")
         .json(
             &json!({ "email": format!("{name}@example.com"), "password": "correct horse battery" }),
         )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "register {name}");
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["statusCode"], 201);
+        .await;
+    assert_eq!(response.status, 201, "register {name}");
+    assert_eq!(response.body["statusCode"], 201);
+    let data = response.data();
     User {
-        id: body["data"]["user"]["id"].as_str().unwrap().to_owned(),
-        token: body["data"]["accessToken"].as_str().unwrap().to_owned(),
+        id: data["user"]["id"].as_str().unwrap().to_owned(),
+        token: data["accessToken"].as_str().unwrap().to_owned(),
     }
 }
 
 /// `follower` follows the user `followee` through the gateway (asserting 201).
-pub async fn follow(client: &reqwest::Client, gateway: &str, follower: &User, followee: &str) {
-    let response = client
-        .post(format!("{gateway}/users/follow"))
-        .bearer_auth(&follower.token)
+pub async fn follow(gateway: &TestClient, follower: &User, followee: &str) {
+    let response = gateway
+        .post("/users/follow")
+        .bearer(&follower.token)
         .json(&json!({ "userIdToFollow": followee }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "follow {followee}");
+        .await;
+    assert_eq!(response.status, 201, "follow {followee}");
 }
 
 /// `author` posts through the gateway (asserting 201); returns the post.
-pub async fn post(client: &reqwest::Client, gateway: &str, author: &User, caption: &str) -> Value {
-    let response = client
-        .post(format!("{gateway}/posts"))
-        .bearer_auth(&author.token)
+pub async fn post(gateway: &TestClient, author: &User, caption: &str) -> Value {
+    let response = gateway
+        .post("/posts")
+        .bearer(&author.token)
         .json(&json!({ "caption": caption, "mediaUrl": "https://cdn.example.com/a.jpg" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "post {caption}");
-    let body: Value = response.json().await.unwrap();
-    body["data"].clone()
+        .await;
+    assert_eq!(response.status, 201, "post {caption}");
+    response.data().clone()
 }
 
 /// The user's notification history (newest first, up to 100).
-pub async fn history(client: &reqwest::Client, gateway: &str, user: &User) -> Vec<Value> {
-    let response = client
-        .get(format!("{gateway}/notifications/my?limit=100"))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "GET /notifications/my");
-    let body: Value = response.json().await.unwrap();
-    body["data"].as_array().unwrap().clone()
+pub async fn history(gateway: &TestClient, user: &User) -> Vec<Value> {
+    let response = gateway
+        .get("/notifications/my?limit=100")
+        .bearer(&user.token)
+        .await;
+    assert_eq!(response.status, 200, "GET /notifications/my");
+    response.data().as_array().unwrap().clone()
 }
 
 pub type Socket =

@@ -13,13 +13,7 @@ use crate::helpers::{
 };
 
 async fn ticket(replica: &crate::helpers::Replica, token: &str) -> (reqwest::StatusCode, Value) {
-    let response = reqwest::Client::new()
-        .post(replica.http("/realtime/ticket"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    (response.status(), response.json().await.unwrap())
+    replica.post("/realtime/ticket").bearer(token).await.parts()
 }
 
 #[tokio::test]
@@ -128,7 +122,7 @@ async fn the_connection_closes_when_the_access_token_expires() {
     .unwrap();
     events.expect_connected().await;
     let event = events.next_event(Duration::from_secs(6)).await.unwrap();
-    assert_eq!(event.event.as_deref(), Some("reconnect"));
+    assert_eq!(event.event, "reconnect");
     assert!(event.data.contains("token_expired"), "{}", event.data);
 }
 
@@ -175,27 +169,25 @@ async fn an_in_band_refresh_keeps_the_connection_and_a_bad_one_closes_it() {
 async fn browsers_on_another_origin_may_use_the_hub() {
     let env = TestEnv::new();
     let replica = spawn_replica(&env).await;
-    let preflight = reqwest::Client::new()
-        .request(reqwest::Method::OPTIONS, replica.http("/realtime/ticket"))
+    let preflight = replica
+        .request(reqwest::Method::OPTIONS, "/realtime/ticket")
         .header("origin", "http://localhost:3000")
         .header("access-control-request-method", "POST")
         .header("access-control-request-headers", "authorization")
-        .send()
-        .await
-        .unwrap();
-    assert!(preflight.status().is_success(), "{}", preflight.status());
-    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+        .await;
+    assert!(preflight.status.is_success(), "{}", preflight.status);
+    assert_eq!(preflight.headers["access-control-allow-origin"], "*");
     let (status, body) = ticket(&replica, &env.access_token(Uuid::now_v7())).await;
     assert_eq!(status, 201);
-    let stream = reqwest::Client::new()
-        .get(replica.http(&format!(
+    let stream = replica
+        .get(&format!(
             "/realtime/sse?ticket={}",
             body["data"]["ticket"].as_str().unwrap()
-        )))
+        ))
         .header("origin", "http://localhost:3000")
-        .send()
+        .sse()
         .await
-        .unwrap();
-    assert_eq!(stream.status(), 200);
-    assert_eq!(stream.headers()["access-control-allow-origin"], "*");
+        .unwrap_or_else(|refused| panic!("SSE refused: {}", refused.status));
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.headers["access-control-allow-origin"], "*");
 }

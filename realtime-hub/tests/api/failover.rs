@@ -37,7 +37,7 @@ async fn clients_of_a_stopped_replica_lose_nothing_on_the_other() {
                 .to_owned(),
         );
     }
-    let sse_last = sse.next_notification().await.id.unwrap();
+    let sse_last = sse.next_notification().await.id;
 
     let stopping = tokio::spawn(async move {
         let mut replica_a = replica_a;
@@ -54,7 +54,7 @@ async fn clients_of_a_stopped_replica_lose_nothing_on_the_other() {
         );
     }
     let event = sse.next_event(crate::helpers::PATIENCE).await.unwrap();
-    assert_eq!(event.event.as_deref(), Some("reconnect"));
+    assert_eq!(event.event, "reconnect");
     stopping.await.unwrap();
 
     // Published while the clients are away: only replica B consumes now.

@@ -1,14 +1,17 @@
 //! Starts hub replicas in-process on one isolated `TestEnv`, publishes `notification.created`
-//! to the real RabbitMQ, and talks to the hub as WebSocket (tokio-tungstenite) and SSE (reqwest)
-//! clients.
+//! to the real RabbitMQ, and talks to the hub as WebSocket (tokio-tungstenite) and SSE
+//! (`SseStream`) clients.
 
-use std::time::Duration;
+use std::{
+    ops::{Deref, DerefMut},
+    time::Duration,
+};
 
 use futures_util::{SinkExt, StreamExt};
 use instaclone_shared::{
     amqp::declare_work_queue,
     events::{EventEnvelope, NotificationCreated, NotificationView},
-    testing::TestEnv,
+    testing::{SseEvent, SseStream, TestClient, TestEnv},
 };
 use lapin::{BasicProperties, options::BasicPublishOptions};
 use serde_json::{Value, json};
@@ -28,17 +31,23 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// One running hub replica.
 pub struct Replica {
     pub port: u16,
+    /// Its HTTP API.
+    pub client: TestClient,
     /// The service credential `/metrics` asks for.
     pub internal_token: String,
     pub shutdown: CancellationToken,
     pub stopped: tokio::task::JoinHandle<()>,
 }
 
-impl Replica {
-    pub fn http(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
+impl Deref for Replica {
+    type Target = TestClient;
 
+    fn deref(&self) -> &TestClient {
+        &self.client
+    }
+}
+
+impl Replica {
     pub fn ws(&self, query: &str) -> String {
         format!("ws://127.0.0.1:{}/realtime/ws{query}", self.port)
     }
@@ -71,6 +80,7 @@ pub async fn spawn_replica(env: &TestEnv) -> Replica {
     });
     Replica {
         port,
+        client: TestClient::new(format!("http://127.0.0.1:{port}")),
         internal_token: env.internal_token(),
         shutdown,
         stopped,
@@ -251,76 +261,44 @@ pub async fn send_json(socket: &mut Ws, value: &Value) {
         .unwrap();
 }
 
-/// A minimal SSE reader over a streaming reqwest response.
+/// A replica's SSE stream.
 pub struct SseClient {
-    response: reqwest::Response,
-    buffer: String,
+    events: SseStream,
 }
 
-/// One SSE event.
-#[derive(Debug, Default, Clone)]
-pub struct SseEvent {
-    pub id: Option<String>,
-    pub event: Option<String>,
-    pub data: String,
+impl Deref for SseClient {
+    type Target = SseStream;
+
+    fn deref(&self) -> &SseStream {
+        &self.events
+    }
+}
+
+impl DerefMut for SseClient {
+    fn deref_mut(&mut self) -> &mut SseStream {
+        &mut self.events
+    }
 }
 
 impl SseClient {
+    /// Opens `/realtime/sse{query}`; `Err` carries the status of a refusal.
     pub async fn connect(
         replica: &Replica,
         token: Option<&str>,
         last_event_id: Option<&str>,
         query: &str,
     ) -> Result<Self, u16> {
-        let mut request =
-            reqwest::Client::new().get(replica.http(&format!("/realtime/sse{query}")));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
+        let mut request = replica
+            .get(&format!("/realtime/sse{query}"))
+            .maybe_bearer(token);
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
         }
-        let response = request.send().await.unwrap();
-        if !response.status().is_success() {
-            return Err(response.status().as_u16());
-        }
-        Ok(Self {
-            response,
-            buffer: String::new(),
-        })
-    }
-
-    /// The next event (comments skipped); `None` when the stream ends or nothing comes in time.
-    pub async fn next_event(&mut self, within: Duration) -> Option<SseEvent> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent::default();
-                let mut has_field = false;
-                for line in block.lines() {
-                    if let Some(value) = line.strip_prefix("id:") {
-                        event.id = Some(value.trim().to_owned());
-                        has_field = true;
-                    } else if let Some(value) = line.strip_prefix("event:") {
-                        event.event = Some(value.trim().to_owned());
-                        has_field = true;
-                    } else if let Some(value) = line.strip_prefix("data:") {
-                        event.data.push_str(value.trim_start());
-                        has_field = true;
-                    }
-                }
-                if has_field {
-                    return Some(event);
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
-                .await
-                .ok()?
-                .ok()??;
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
+        let events = request
+            .sse()
+            .await
+            .map_err(|refused| refused.status.as_u16())?;
+        Ok(Self { events })
     }
 
     /// Reads the first event of a stream, which must be `connected`, and returns its id.
@@ -329,37 +307,31 @@ impl SseClient {
             .next_event(PATIENCE)
             .await
             .expect("expected the connected event");
-        assert_eq!(event.event.as_deref(), Some("connected"), "{event:?}");
+        assert_eq!(event.event, "connected", "{event:?}");
         let data: Value = serde_json::from_str(&event.data).unwrap();
-        let id = event.id.expect("connected carries an SSE id");
-        assert_eq!(data["id"], id.as_str(), "the id field and the data agree");
-        id
+        assert!(!event.id.is_empty(), "connected carries an SSE id");
+        assert_eq!(
+            data["id"],
+            event.id.as_str(),
+            "the id field and the data agree"
+        );
+        event.id
     }
 
     pub async fn next_notification(&mut self) -> SseEvent {
-        loop {
-            let event = self
-                .next_event(PATIENCE)
-                .await
-                .expect("expected an SSE notification");
-            if event.event.as_deref() == Some("notification") {
-                return event;
-            }
-        }
+        self.next_named("notification", PATIENCE)
+            .await
+            .expect("expected an SSE notification")
     }
 }
 
 /// The value of a metric line of `/metrics` that contains all `parts`, 0 if absent.
 pub async fn metric(replica: &Replica, name: &str, parts: &[&str]) -> f64 {
-    let text = reqwest::Client::new()
-        .get(replica.http("/metrics"))
-        .bearer_auth(&replica.internal_token)
-        .send()
+    let text = replica
+        .get("/metrics")
+        .bearer(&replica.internal_token)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text;
     text.lines()
         .filter(|line| line.starts_with(name) && parts.iter().all(|part| line.contains(part)))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())

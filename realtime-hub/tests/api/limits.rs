@@ -144,24 +144,14 @@ async fn guessing_tickets_is_throttled_before_any_lookup() {
 async fn a_plain_get_does_not_use_up_a_ticket() {
     let env = TestEnv::new();
     let replica = spawn_replica(&env).await;
-    let http = reqwest::Client::new();
-    let issued: serde_json::Value = http
-        .post(replica.http("/realtime/ticket"))
-        .bearer_auth(env.access_token(Uuid::now_v7()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ticket = issued["data"]["ticket"].as_str().unwrap();
-    let plain = http
-        .get(replica.http(&format!("/realtime/ws?ticket={ticket}")))
-        .send()
-        .await
-        .unwrap();
-    assert!(plain.status().is_client_error(), "{}", plain.status());
-    assert_ne!(plain.status(), 401);
+    let issued = replica
+        .post("/realtime/ticket")
+        .bearer(env.access_token(Uuid::now_v7()))
+        .await;
+    let ticket = issued.data()["ticket"].as_str().unwrap();
+    let plain = replica.get(&format!("/realtime/ws?ticket={ticket}")).await;
+    assert!(plain.status.is_client_error(), "{}", plain.status);
+    assert_ne!(plain.status, 401);
     // The ticket still opens its one connection.
     let request = replica
         .ws(&format!("?ticket={ticket}"))

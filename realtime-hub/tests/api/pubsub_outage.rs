@@ -53,13 +53,11 @@ async fn notifications_missed_during_a_pubsub_outage_are_caught_up() {
     append_directly(&env, &missed).await;
     wait_for_stream_length(&env, user, 4).await;
     // Meanwhile A cannot issue tickets: a 503 with Retry-After, not a 500.
-    let ticket = reqwest::Client::new()
-        .post(replica_a.http("/realtime/ticket"))
-        .bearer_auth(env.access_token(user))
-        .send()
-        .await
-        .unwrap();
-    assert_unavailable(ticket, "POST /realtime/ticket with Redis cut off").await;
+    let ticket = replica_a
+        .post("/realtime/ticket")
+        .bearer(env.access_token(user))
+        .await;
+    assert_unavailable(&ticket, "POST /realtime/ticket with Redis cut off");
     proxy.restore().await;
 
     for item in &missed {

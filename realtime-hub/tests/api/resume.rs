@@ -63,7 +63,7 @@ async fn an_sse_client_resuming_with_last_event_id_gets_exactly_what_it_missed()
     let seen = events.next_notification().await;
     let data: serde_json::Value = serde_json::from_str(&seen.data).unwrap();
     assert_eq!(data["_id"], first.id);
-    let last_id = seen.id.unwrap();
+    let last_id = seen.id;
     drop(events);
 
     let missed: Vec<_> = (0..4).map(|_| notification(user)).collect();
@@ -78,7 +78,7 @@ async fn an_sse_client_resuming_with_last_event_id_gets_exactly_what_it_missed()
         let event = events.next_notification().await;
         let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
         assert_eq!(data["_id"], expected.id.as_str());
-        let id = event.id.unwrap();
+        let id = event.id;
         assert!(crate::delivery::id_key(&id) > crate::delivery::id_key(&previous));
         previous = id;
     }
@@ -124,10 +124,10 @@ async fn an_id_the_server_no_longer_has_gets_resync_then_live_delivery() {
         .unwrap();
     assert_eq!(events.expect_connected().await, "1700000000000-5");
     let event = events.next_event(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(event.event.as_deref(), Some("resync"));
+    assert_eq!(event.event, "resync");
     // It moves the browser's Last-Event-ID to the head, past what the reload covers.
     let head = live_id(&env, user).await;
-    assert_eq!(event.id.as_deref(), Some(head.as_str()));
+    assert_eq!(event.id, head);
 }
 
 /// The id of the newest entry of `user`'s stream.

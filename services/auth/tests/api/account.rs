@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use instaclone_shared::testing::TestResponse;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -14,18 +15,11 @@ async fn next_second() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
 }
 
-async fn change_password(
-    app: &TestApp,
-    access: &str,
-    current: &str,
-    new: &str,
-) -> crate::helpers::Reply {
-    app.send(
-        app.post("/auth/password")
-            .bearer_auth(access)
-            .json(&json!({ "currentPassword": current, "newPassword": new })),
-    )
-    .await
+async fn change_password(app: &TestApp, access: &str, current: &str, new: &str) -> TestResponse {
+    app.post("/auth/password")
+        .bearer(access)
+        .json(&json!({ "currentPassword": current, "newPassword": new }))
+        .await
 }
 
 /// None of these sign-ins' refresh tokens works any more.
@@ -50,9 +44,7 @@ async fn logging_out_everywhere_ends_every_device_s_session() {
     next_second().await;
 
     let access = phone["accessToken"].as_str().unwrap();
-    let reply = app
-        .send(app.post("/auth/logout-all").bearer_auth(access))
-        .await;
+    let reply = app.post("/auth/logout-all").bearer(access).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_sessions_ended(&app, &[&phone, &laptop]).await;
     // Logging in again opens a session that works.
@@ -60,7 +52,7 @@ async fn logging_out_everywhere_ends_every_device_s_session() {
     let refreshed = app.refresh(again["refreshToken"].as_str().unwrap()).await;
     assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
     // Without a token there is nothing to log out of.
-    let anonymous = app.send(app.post("/auth/logout-all")).await;
+    let anonymous = app.post("/auth/logout-all").await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -78,9 +70,11 @@ async fn a_password_change_needs_the_current_password_and_ends_every_other_sessi
     let short = change_password(&app, access, PASSWORD, "short").await;
     assert_eq!(short.status, StatusCode::BAD_REQUEST, "{}", short.body);
     let unknown = app
-        .send(app.post("/auth/password").bearer_auth(access).json(&json!({
+        .post("/auth/password")
+        .bearer(access)
+        .json(&json!({
             "currentPassword": PASSWORD, "newPassword": "a brand new secret", "admin": true
-        })))
+        }))
         .await;
     assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{}", unknown.body);
     // None of those changed anything: the old password still logs in.

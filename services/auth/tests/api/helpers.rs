@@ -8,11 +8,11 @@ use instaclone_auth::{
 use instaclone_shared::{
     auth::{Claims, TokenKind, TokenVerifier},
     config::Settings,
-    testing::TestEnv,
+    testing::{TestClient, TestEnv, TestResponse},
 };
-use reqwest::{StatusCode, header::HeaderMap};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::{ops::Deref, time::Duration};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -20,9 +20,8 @@ pub const PASSWORD: &str = "correct horse battery";
 
 pub struct TestApp {
     pub env: TestEnv,
-    /// Base URL of the auth service.
-    pub address: String,
-    pub http: reqwest::Client,
+    /// The auth service.
+    pub client: TestClient,
     pub verifier: TokenVerifier,
     shutdown: CancellationToken,
 }
@@ -33,20 +32,11 @@ impl Drop for TestApp {
     }
 }
 
-/// A response's status, headers and JSON body (`Null` when the body is not JSON).
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Value,
-}
+impl Deref for TestApp {
+    type Target = TestClient;
 
-impl Reply {
-    pub fn data(&self) -> &Value {
-        &self.body["data"]
-    }
-
-    pub fn message(&self) -> &str {
-        self.body["message"].as_str().unwrap_or_default()
+    fn deref(&self) -> &TestClient {
+        &self.client
     }
 }
 
@@ -90,45 +80,22 @@ pub async fn spawn_app_adjusted(
     let auth = instaclone_auth::build_with_options(&settings, options, shutdown.clone())
         .await
         .expect("auth service failed to build");
-    let address = format!("http://127.0.0.1:{}", auth.port());
+    let client = TestClient::new(format!("http://127.0.0.1:{}", auth.port()));
     tokio::spawn(auth.run_until_stopped());
     let verifier = TokenVerifier::from_settings(&env.settings.jwt).unwrap();
     TestApp {
         env,
-        address,
-        http: reqwest::Client::new(),
+        client,
         verifier,
         shutdown,
     }
 }
 
 impl TestApp {
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let response = request.send().await.expect("auth service unreachable");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.json().await.unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http.post(format!("{}{path}", self.address))
-    }
-
-    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
-        self.send(self.post(path).json(body)).await
-    }
-
-    pub async fn register(&self, email: &str, password: &str) -> Reply {
-        self.post_json(
-            "/auth/register",
-            &json!({ "email": email, "password": password }),
-        )
-        .await
+    pub async fn register(&self, email: &str, password: &str) -> TestResponse {
+        self.post("/auth/register")
+            .json(&json!({ "email": email, "password": password }))
+            .await
     }
 
     /// Registers `email` with [`PASSWORD`], asserting success; returns `data`.
@@ -138,12 +105,10 @@ impl TestApp {
         reply.data().clone()
     }
 
-    pub async fn login(&self, email: &str, password: &str) -> Reply {
-        self.post_json(
-            "/auth/login",
-            &json!({ "email": email, "password": password }),
-        )
-        .await
+    pub async fn login(&self, email: &str, password: &str) -> TestResponse {
+        self.post("/auth/login")
+            .json(&json!({ "email": email, "password": password }))
+            .await
     }
 
     /// Logs in with [`PASSWORD`], asserting success; returns `data`.
@@ -153,14 +118,12 @@ impl TestApp {
         reply.data().clone()
     }
 
-    pub async fn refresh(&self, refresh_token: &str) -> Reply {
-        self.send(self.post("/auth/refresh").bearer_auth(refresh_token))
-            .await
+    pub async fn refresh(&self, refresh_token: &str) -> TestResponse {
+        self.post("/auth/refresh").bearer(refresh_token).await
     }
 
-    pub async fn logout(&self, access_token: &str) -> Reply {
-        self.send(self.post("/auth/logout").bearer_auth(access_token))
-            .await
+    pub async fn logout(&self, access_token: &str) -> TestResponse {
+        self.post("/auth/logout").bearer(access_token).await
     }
 
     pub fn claims(&self, token: &Value, kind: TokenKind) -> Claims {

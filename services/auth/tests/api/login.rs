@@ -67,7 +67,7 @@ async fn invalid_login_bodies_are_400s() {
         ),
     ];
     for (body, mentions) in cases {
-        let reply = app.post_json("/auth/login", &body).await;
+        let reply = app.post("/auth/login").json(&body).await;
         assert_eq!(
             reply.status,
             StatusCode::BAD_REQUEST,
@@ -83,27 +83,14 @@ async fn login_outcomes_are_counted_in_metrics_and_ready_reports_redis() {
     let app = spawn_app().await;
     app.login("nobody@example.com", PASSWORD).await;
     let metrics = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .bearer_auth(app.env.internal_token())
-        .send()
+        .get("/metrics")
+        .bearer(app.env.internal_token())
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text;
     assert!(
         metrics.contains(r#"auth_logins_total{outcome="invalid_credentials"}"#),
         "{metrics}"
     );
-    let ready: serde_json::Value = app
-        .http
-        .get(format!("{}/ready", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.get("/ready").await.body;
     assert_eq!(ready["checks"]["redis"], "up", "{ready}");
 }

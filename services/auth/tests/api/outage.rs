@@ -40,15 +40,15 @@ async fn an_unreachable_session_store_is_a_503_with_retry_after_and_creates_noth
         ),
         (
             "POST /auth/refresh",
-            app.post("/auth/refresh").bearer_auth(&refresh_token),
+            app.post("/auth/refresh").bearer(&refresh_token),
         ),
         (
             "POST /auth/logout",
-            app.post("/auth/logout").bearer_auth(&access_token),
+            app.post("/auth/logout").bearer(&access_token),
         ),
     ];
     for (what, request) in requests {
-        assert_unavailable(request.send().await.unwrap(), what).await;
+        assert_unavailable(&request.await, what);
     }
 
     proxy.restore().await;

@@ -1,17 +1,15 @@
 use std::time::Duration;
 
 use instaclone_auth::AuthOptions;
+use instaclone_shared::testing::TestResponse;
 use reqwest::{StatusCode, header::RETRY_AFTER};
 
-use crate::helpers::{PASSWORD, Reply, limits, spawn_app_with};
+use crate::helpers::{PASSWORD, limits, spawn_app_with};
 
-fn retry_after(reply: &Reply) -> u64 {
+fn retry_after(reply: &TestResponse) -> u64 {
     reply
-        .headers
-        .get(RETRY_AFTER)
+        .header(RETRY_AFTER)
         .expect("429 without Retry-After")
-        .to_str()
-        .unwrap()
         .parse()
         .unwrap()
 }
@@ -154,11 +152,9 @@ async fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
     })
     .await;
     let guess = |forwarded: &'static str, email: &'static str| {
-        app.send(
-            app.post("/auth/login")
-                .header("x-forwarded-for", forwarded)
-                .json(&serde_json::json!({ "email": email, "password": "wrong" })),
-        )
+        app.post("/auth/login")
+            .header("x-forwarded-for", forwarded)
+            .json(&serde_json::json!({ "email": email, "password": "wrong" }))
     };
     assert_eq!(
         guess("203.0.113.1", "a@example.com").await.status,
@@ -182,11 +178,9 @@ async fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
     })
     .await;
     let guess = |forwarded: &'static str, email: &'static str| {
-        app.send(
-            app.post("/auth/login")
-                .header("x-forwarded-for", forwarded)
-                .json(&serde_json::json!({ "email": email, "password": "wrong" })),
-        )
+        app.post("/auth/login")
+            .header("x-forwarded-for", forwarded)
+            .json(&serde_json::json!({ "email": email, "password": "wrong" }))
     };
     assert_eq!(
         guess("203.0.113.1", "a@example.com").await.status,

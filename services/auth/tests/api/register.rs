@@ -1,4 +1,4 @@
-use instaclone_shared::auth::TokenKind;
+use instaclone_shared::{auth::TokenKind, testing::TestClient};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -8,10 +8,8 @@ use crate::helpers::{PASSWORD, spawn_app};
 async fn register_returns_the_user_and_a_working_token_pair() {
     let app = spawn_app().await;
     let reply = app
-        .post_json(
-            "/auth/register",
-            &json!({ "email": "ada@example.com", "password": PASSWORD, "username": "ada.l" }),
-        )
+        .post("/auth/register")
+        .json(&json!({ "email": "ada@example.com", "password": PASSWORD, "username": "ada.l" }))
         .await;
 
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
@@ -86,12 +84,14 @@ async fn a_taken_username_is_a_409() {
     let app = spawn_app().await;
     let body = |email: &str| json!({ "email": email, "password": PASSWORD, "username": "ada" });
     let first = app
-        .post_json("/auth/register", &body("a@example.com"))
+        .post("/auth/register")
+        .json(&body("a@example.com"))
         .await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
 
     let reply = app
-        .post_json("/auth/register", &body("b@example.com"))
+        .post("/auth/register")
+        .json(&body("b@example.com"))
         .await;
     assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.body);
     assert!(
@@ -135,7 +135,7 @@ async fn invalid_registrations_are_400s_that_write_nothing() {
         (json!([]), ""),
     ];
     for (body, mentions) in cases {
-        let reply = app.post_json("/auth/register", &body).await;
+        let reply = app.post("/auth/register").json(&body).await;
         assert_eq!(
             reply.status,
             StatusCode::BAD_REQUEST,
@@ -157,11 +157,9 @@ async fn invalid_registrations_are_400s_that_write_nothing() {
 
     // Not JSON at all.
     let reply = app
-        .send(
-            app.post("/auth/register")
-                .header("content-type", "application/json")
-                .body("{nope"),
-        )
+        .post("/auth/register")
+        .header("content-type", "application/json")
+        .body("{nope")
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
 
@@ -182,19 +180,15 @@ async fn a_down_users_service_is_a_503_not_a_500() {
     )
     .await
     .unwrap();
-    let address = format!("http://127.0.0.1:{}", auth.port());
+    let client = TestClient::new(format!("http://127.0.0.1:{}", auth.port()));
     tokio::spawn(auth.run_until_stopped());
-    let http = reqwest::Client::new();
     for path in ["/auth/register", "/auth/login"] {
-        let response = http
-            .post(format!("{address}{path}"))
+        let response = client
+            .post(path)
             .json(&json!({ "email": "ada@example.com", "password": PASSWORD }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["statusCode"], 503);
+            .await;
+        assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(response.body["statusCode"], 503);
     }
     shutdown.cancel();
 }

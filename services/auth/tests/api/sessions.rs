@@ -119,15 +119,13 @@ async fn refresh_needs_a_refresh_token_in_the_bearer_header() {
     let app = spawn_app().await;
     let registered = app.registered("ada@example.com").await;
 
-    let missing = app.send(app.post("/auth/refresh")).await;
+    let missing = app.post("/auth/refresh").await;
     assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
     assert_eq!(missing.message(), "Missing bearer token");
 
     let basic = app
-        .send(
-            app.post("/auth/refresh")
-                .header("authorization", "Basic YWRhOnB3"),
-        )
+        .post("/auth/refresh")
+        .header("authorization", "Basic YWRhOnB3")
         .await;
     assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
 

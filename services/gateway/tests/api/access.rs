@@ -9,7 +9,7 @@ use instaclone_gateway::{
 };
 use uuid::Uuid;
 
-use crate::helpers::{assert_error_envelope, json, spawn_app, spawn_app_with, test_settings};
+use crate::helpers::{assert_error_envelope, spawn_app, spawn_app_with, test_settings};
 
 #[tokio::test]
 async fn routes_needing_a_token_answer_401_without_one_and_forward_nothing() {
@@ -29,11 +29,11 @@ async fn routes_needing_a_token_answer_401_without_one_and_forward_nothing() {
             Some(forged.as_str()),
             Some(expired.as_str()),
         ] {
-            let mut request = app.client.request(route.method.clone(), app.url(&path));
+            let mut request = app.request(route.method.clone(), &path);
             if let Some(token) = token {
-                request = request.bearer_auth(token);
+                request = request.bearer(token);
             }
-            let (status, body) = json(request.send().await.unwrap()).await;
+            let (status, body) = request.await.parts();
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{} {path}", route.method);
             assert_error_envelope(&body, 401);
         }
@@ -55,23 +55,10 @@ async fn a_refresh_token_is_not_an_access_token_but_reaches_refresh() {
             instaclone_shared::auth::TokenKind::Refresh,
         )
         .unwrap();
-    let response = app
-        .client
-        .get(app.url("/users/me"))
-        .bearer_auth(&refresh)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = app.get("/users/me").bearer(&refresh).await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
 
-    let response = app
-        .client
-        .post(app.url("/auth/refresh"))
-        .bearer_auth(&refresh)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = json(response).await;
+    let (status, body) = app.post("/auth/refresh").bearer(&refresh).await.parts();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body["data"]["headers"]["authorization"],
@@ -87,22 +74,20 @@ async fn register_login_and_gateway_routes_need_no_token() {
         .iter()
         .filter(|r| r.access != Access::AccessToken)
     {
-        let mut request = app
-            .client
-            .request(route.method.clone(), app.url(route.path));
+        let mut request = app.request(route.method.clone(), route.path);
         if route.path == "/metrics" {
-            request = request.bearer_auth(internal_token(&app));
+            request = request.bearer(internal_token(&app));
         }
-        let response = request.send().await.unwrap();
+        let response = request.await;
         assert_eq!(
-            response.status(),
+            response.status,
             StatusCode::OK,
             "{} {}",
             route.method,
             route.path
         );
         if route.target == Target::Upstream(Upstream::Auth) {
-            assert_eq!(response.headers()["x-upstream"], "auth");
+            assert_eq!(response.headers["x-upstream"], "auth");
         }
     }
 }
@@ -115,25 +100,20 @@ async fn cors_allows_configured_origins_only() {
     };
     let app = spawn_app_with(settings, |_| {}).await;
     let preflight = |origin: &'static str| {
-        app.client
-            .request(reqwest::Method::OPTIONS, app.url("/posts/feed"))
+        app.request(reqwest::Method::OPTIONS, "/posts/feed")
             .header("origin", origin)
             .header("access-control-request-method", "GET")
             .header("access-control-request-headers", "authorization")
             .send()
     };
-    let allowed = preflight("https://app.example").await.unwrap();
-    assert!(allowed.status().is_success(), "{}", allowed.status());
+    let allowed = preflight("https://app.example").await;
+    assert!(allowed.status.is_success(), "{}", allowed.status);
     assert_eq!(
-        allowed.headers()["access-control-allow-origin"],
+        allowed.headers["access-control-allow-origin"],
         "https://app.example"
     );
-    let refused = preflight("https://evil.example").await.unwrap();
-    assert!(
-        !refused
-            .headers()
-            .contains_key("access-control-allow-origin")
-    );
+    let refused = preflight("https://evil.example").await;
+    assert!(!refused.headers.contains_key("access-control-allow-origin"));
     assert_eq!(
         app.service(Upstream::Posts).hits(),
         0,
@@ -141,14 +121,11 @@ async fn cors_allows_configured_origins_only() {
     );
 
     let response = app
-        .client
-        .post(app.url("/auth/login"))
+        .post("/auth/login")
         .header("origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
-        response.headers()["access-control-allow-origin"],
+        response.headers["access-control-allow-origin"],
         "https://app.example"
     );
 }
@@ -157,17 +134,10 @@ async fn cors_allows_configured_origins_only() {
 async fn without_cors_configured_no_cors_headers_are_sent() {
     let app = spawn_app().await;
     let response = app
-        .client
-        .post(app.url("/auth/login"))
+        .post("/auth/login")
         .header("origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        !response
-            .headers()
-            .contains_key("access-control-allow-origin")
-    );
+        .await;
+    assert!(!response.headers.contains_key("access-control-allow-origin"));
 }
 
 #[tokio::test]
@@ -175,23 +145,11 @@ async fn metrics_are_labelled_with_the_public_route_template_not_the_raw_path() 
     let app = spawn_app().await;
     let id = Uuid::now_v7();
     let response = app
-        .client
-        .get(app.url(&format!("/users/{id}/followers")))
-        .bearer_auth(app.token(Uuid::now_v7()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth(internal_token(&app))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .get(&format!("/users/{id}/followers"))
+        .bearer(app.token(Uuid::now_v7()))
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    let metrics = app.get("/metrics").bearer(internal_token(&app)).await.text;
     let line = metrics
         .lines()
         .find(|line| {
@@ -219,39 +177,26 @@ fn internal_token(app: &crate::helpers::TestApp) -> String {
 async fn metrics_need_the_service_credential() {
     let app = spawn_app().await;
     let scrape = |credential: Option<(&'static str, String)>| {
-        let mut request = app.client.get(app.url("/metrics"));
+        let mut request = app.get("/metrics");
         if let Some((header, value)) = credential {
             request = request.header(header, value);
         }
         request.send()
     };
-    let anonymous = scrape(None).await.unwrap();
-    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
-    let wrong = scrape(Some(("authorization", "Bearer guess".to_owned())))
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let anonymous = scrape(None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let wrong = scrape(Some(("authorization", "Bearer guess".to_owned()))).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     // A user's access token is not the service credential.
     let user = format!("Bearer {}", app.token(Uuid::now_v7()));
     assert_eq!(
-        scrape(Some(("authorization", user)))
-            .await
-            .unwrap()
-            .status(),
+        scrape(Some(("authorization", user))).await.status,
         StatusCode::UNAUTHORIZED
     );
     let bearer = format!("Bearer {}", internal_token(&app));
-    let scraped = scrape(Some(("authorization", bearer))).await.unwrap();
-    assert_eq!(scraped.status(), StatusCode::OK);
-    assert!(
-        scraped
-            .text()
-            .await
-            .unwrap()
-            .contains("http_requests_total")
-    );
-    let header = scrape(Some(("x-internal-token", internal_token(&app))))
-        .await
-        .unwrap();
-    assert_eq!(header.status(), StatusCode::OK);
+    let scraped = scrape(Some(("authorization", bearer))).await;
+    assert_eq!(scraped.status, StatusCode::OK);
+    assert!(scraped.text.contains("http_requests_total"));
+    let header = scrape(Some(("x-internal-token", internal_token(&app)))).await;
+    assert_eq!(header.status, StatusCode::OK);
 }

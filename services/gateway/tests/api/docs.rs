@@ -46,15 +46,10 @@ const DESIGN_ROUTES: &[(&str, &str)] = &[
 
 async fn document() -> Value {
     let app = spawn_app().await;
-    let response = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["content-type"], "application/json");
-    response.json().await.unwrap()
+    let response = app.get("/openapi.json").await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.headers["content-type"], "application/json");
+    response.body
 }
 
 #[tokio::test]
@@ -146,15 +141,15 @@ async fn operations_describe_auth_parameters_and_envelopes() {
 #[tokio::test]
 async fn swagger_ui_is_served_with_its_assets_from_the_binary() {
     let app = spawn_app().await;
-    let page = app.client.get(app.url("/api")).send().await.unwrap();
-    assert_eq!(page.status(), StatusCode::OK);
+    let page = app.get("/api").await;
+    assert_eq!(page.status, StatusCode::OK);
     assert!(
-        page.headers()["content-type"]
+        page.headers["content-type"]
             .to_str()
             .unwrap()
             .starts_with("text/html")
     );
-    let html = page.text().await.unwrap();
+    let html = page.text;
     assert!(html.contains("/openapi.json"));
     assert!(
         !html.contains("http://") && !html.contains("https://"),
@@ -169,14 +164,14 @@ async fn swagger_ui_is_served_with_its_assets_from_the_binary() {
         ("/api/swagger-ui.css", "text/css", ".swagger-ui"),
     ] {
         assert!(html.contains(asset), "{asset} not referenced");
-        let response = app.client.get(app.url(asset)).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+        let response = app.get(asset).await;
+        assert_eq!(response.status, StatusCode::OK, "{asset}");
         assert!(
-            response.headers()["content-type"]
+            response.headers["content-type"]
                 .to_str()
                 .unwrap()
                 .starts_with(content_type)
         );
-        assert!(response.text().await.unwrap().contains(marker), "{asset}");
+        assert!(response.text.contains(marker), "{asset}");
     }
 }

@@ -11,23 +11,17 @@ use instaclone_shared::{
 };
 use uuid::Uuid;
 
-use crate::helpers::{json, spawn_app, spawn_app_with, start_followers_service, test_settings};
+use crate::helpers::{spawn_app, spawn_app_with, start_followers_service, test_settings};
 
 async fn feed(
     app: &crate::helpers::TestApp,
     token: &str,
     query: &str,
 ) -> (String, serde_json::Value) {
-    let response = app
-        .client
-        .get(app.url(&format!("/posts/feed{query}")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let cache = response.headers()["x-cache"].to_str().unwrap().to_owned();
-    let (_, body) = json(response).await;
+    let response = app.get(&format!("/posts/feed{query}")).bearer(token).await;
+    assert_eq!(response.status, StatusCode::OK);
+    let cache = response.headers["x-cache"].to_str().unwrap().to_owned();
+    let body = response.body;
     (cache, body)
 }
 
@@ -66,14 +60,11 @@ async fn the_users_own_post_or_follow_drops_their_cached_feed() {
     assert_eq!(feed(&app, &alice, "").await.0, "HIT");
 
     let response = app
-        .client
-        .post(app.url("/posts"))
-        .bearer_auth(&alice)
+        .post("/posts")
+        .bearer(&alice)
         .body(r#"{"mediaUrl":"https://img.example/1.jpg"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
+        .await;
+    assert!(response.status.is_success());
     assert_eq!(feed(&app, &alice, "").await.0, "MISS");
     assert_eq!(
         feed(&app, &bob, "").await.0,
@@ -81,14 +72,8 @@ async fn the_users_own_post_or_follow_drops_their_cached_feed() {
         "only the author's cache goes"
     );
 
-    let response = app
-        .client
-        .post(app.url("/users/follow"))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
+    let response = app.post("/users/follow").bearer(&bob).await;
+    assert!(response.status.is_success());
     assert_eq!(feed(&app, &bob, "").await.0, "MISS");
 }
 
@@ -98,14 +83,11 @@ async fn failed_reads_are_not_cached() {
     let alice = app.token(Uuid::now_v7());
     for _ in 0..2 {
         let response = app
-            .client
-            .get(app.url("/posts/feed"))
-            .bearer_auth(&alice)
+            .get("/posts/feed")
+            .bearer(&alice)
             .header("x-test-status", "400")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+            .await;
+        assert_eq!(response.status, StatusCode::BAD_REQUEST);
     }
     assert_eq!(app.service(Upstream::Posts).hits(), 2);
 }

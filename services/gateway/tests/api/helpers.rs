@@ -7,6 +7,7 @@
 
 use std::{
     collections::BTreeMap,
+    ops::Deref,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -22,7 +23,7 @@ use axum::{
     response::IntoResponse,
 };
 use instaclone_gateway::{GatewaySettings, routes::Upstream};
-use instaclone_shared::testing::TestEnv;
+use instaclone_shared::testing::{TestClient, TestEnv};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -106,18 +107,22 @@ async fn echo(
 }
 
 pub struct TestApp {
-    pub address: String,
-    pub client: reqwest::Client,
+    /// The gateway.
+    pub client: TestClient,
     pub env: TestEnv,
     pub services: BTreeMap<&'static str, EchoService>,
     _stop: tokio_util::sync::DropGuard,
 }
 
-impl TestApp {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.address)
-    }
+impl Deref for TestApp {
+    type Target = TestClient;
 
+    fn deref(&self) -> &TestClient {
+        &self.client
+    }
+}
+
+impl TestApp {
     pub fn service(&self, upstream: Upstream) -> &EchoService {
         &self.services[upstream.name()]
     }
@@ -127,15 +132,18 @@ impl TestApp {
     }
 
     /// Another gateway replica on the same settings (same Redis prefix, same services).
-    pub async fn replica(&self, gateway_settings: GatewaySettings) -> (String, CancellationToken) {
+    pub async fn replica(
+        &self,
+        gateway_settings: GatewaySettings,
+    ) -> (TestClient, CancellationToken) {
         let shutdown = CancellationToken::new();
         let app =
             instaclone_gateway::build_with(&self.env.settings, gateway_settings, shutdown.clone())
                 .await
                 .expect("gateway builds");
-        let address = format!("http://127.0.0.1:{}", app.port());
+        let client = TestClient::new(format!("http://127.0.0.1:{}", app.port()));
         tokio::spawn(app.run_until_stopped());
-        (address, shutdown)
+        (client, shutdown)
     }
 }
 
@@ -175,11 +183,10 @@ pub async fn spawn_app_with(
     let app = instaclone_gateway::build_with(&env.settings, gateway_settings, shutdown.clone())
         .await
         .expect("gateway builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
+    let client = TestClient::new(format!("http://127.0.0.1:{}", app.port()));
     tokio::spawn(app.run_until_stopped());
     TestApp {
-        address,
-        client: reqwest::Client::new(),
+        client,
         env,
         services,
         _stop: shutdown.drop_guard(),
@@ -192,13 +199,6 @@ pub fn closed_port_url() -> String {
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     format!("http://127.0.0.1:{port}")
-}
-
-/// Status and JSON body of a response.
-pub async fn json(response: reqwest::Response) -> (StatusCode, Value) {
-    let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
-    let body = response.json::<Value>().await.unwrap_or(Value::Null);
-    (status, body)
 }
 
 /// Asserts the error envelope of the NestJS original.

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use instaclone_shared::testing::TestEnv;
+use instaclone_shared::testing::{TestClient, TestEnv};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -15,8 +15,7 @@ use crate::helpers::{assert_error_envelope, test_settings};
 const EVENTUAL: Duration = Duration::from_secs(20);
 
 struct Platform {
-    gateway: String,
-    client: reqwest::Client,
+    gateway: TestClient,
     _env: TestEnv,
     _stop: tokio_util::sync::DropGuard,
 }
@@ -84,8 +83,7 @@ async fn start_platform(reach: Reach) -> Platform {
     let address = url(&gateway);
     tokio::spawn(gateway.run_until_stopped());
     Platform {
-        gateway: address,
-        client: reqwest::Client::new(),
+        gateway: TestClient::new(address),
         _env: env,
         _stop: shutdown.drop_guard(),
     }
@@ -100,17 +98,13 @@ impl Platform {
         body: Option<Value>,
     ) -> (StatusCode, Value) {
         let mut request = self
-            .client
-            .request(method.parse().unwrap(), format!("{}{path}", self.gateway));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
+            .gateway
+            .request(method.parse().unwrap(), path)
+            .maybe_bearer(token);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.unwrap();
-        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
-        (status, response.json().await.unwrap_or(Value::Null))
+        request.await.parts()
     }
 
     /// Calls until `done` accepts the body (events take a moment to flow).

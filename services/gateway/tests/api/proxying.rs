@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use instaclone_gateway::routes::{PUBLIC_ROUTES, Target, Upstream};
 use uuid::Uuid;
 
-use crate::helpers::{assert_error_envelope, json, spawn_app};
+use crate::helpers::{assert_error_envelope, spawn_app};
 
 #[tokio::test]
 async fn every_public_route_reaches_its_service_with_path_and_query_unchanged() {
@@ -18,10 +18,9 @@ async fn every_public_route_reaches_its_service_with_path_and_query_unchanged() 
         };
         let path = route.path.replace("{id}", &id);
         let request = app
-            .client
-            .request(route.method.clone(), app.url(&format!("{path}?limit=5")))
-            .bearer_auth(&token);
-        let (status, body) = json(request.send().await.unwrap()).await;
+            .request(route.method.clone(), &format!("{path}?limit=5"))
+            .bearer(&token);
+        let (status, body) = request.await.parts();
         assert_eq!(status, StatusCode::OK, "{} {path}: {body}", route.method);
         let data = &body["data"];
         assert_eq!(data["service"], upstream.name(), "{} {path}", route.method);
@@ -48,13 +47,10 @@ async fn prefixes_go_to_their_services_and_user_posts_go_to_posts() {
     ];
     for (method, path, service) in cases {
         let response = app
-            .client
-            .request(method.parse().unwrap(), app.url(&path))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        let (_, body) = json(response).await;
+            .request(method.parse().unwrap(), &path)
+            .bearer(&token)
+            .await;
+        let body = response.body;
         assert_eq!(body["data"]["service"], service, "{method} {path}");
     }
 }
@@ -75,15 +71,12 @@ async fn internal_and_unknown_routes_are_404_in_the_envelope_and_reach_no_servic
     ];
     for path in paths {
         for method in ["GET", "POST"] {
-            let response = app
-                .client
-                .request(method.parse().unwrap(), app.url(&path))
-                .bearer_auth(&token)
+            let (status, body) = app
+                .request(method.parse().unwrap(), &path)
+                .bearer(&token)
                 .header("x-internal-token", "guess")
-                .send()
                 .await
-                .unwrap();
-            let (status, body) = json(response).await;
+                .parts();
             assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
             assert_error_envelope(&body, 404);
         }
@@ -96,14 +89,11 @@ async fn internal_and_unknown_routes_are_404_in_the_envelope_and_reach_no_servic
 #[tokio::test]
 async fn a_wrong_method_on_a_known_path_is_405_in_the_envelope() {
     let app = spawn_app().await;
-    let response = app
-        .client
-        .put(app.url("/users/me"))
-        .bearer_auth(app.token(Uuid::now_v7()))
-        .send()
+    let (status, body) = app
+        .put("/users/me")
+        .bearer(app.token(Uuid::now_v7()))
         .await
-        .unwrap();
-    let (status, body) = json(response).await;
+        .parts();
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_error_envelope(&body, 405);
     assert_eq!(app.service(Upstream::Users).hits(), 0);
@@ -113,16 +103,13 @@ async fn a_wrong_method_on_a_known_path_is_405_in_the_envelope() {
 async fn status_body_and_headers_pass_through_unchanged() {
     let app = spawn_app().await;
     let response = app
-        .client
-        .post(app.url("/auth/register"))
+        .post("/auth/register")
         .header("x-test-status", "409")
         .header("content-type", "application/json")
         .body(r#"{"email":"a@b.c","password":"secret"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["x-upstream"], "auth");
-    let (status, body) = json(response).await;
+        .await;
+    assert_eq!(response.headers["x-upstream"], "auth");
+    let (status, body) = response.parts();
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["statusCode"], 409);
     let data = &body["data"];
@@ -134,27 +121,19 @@ async fn status_body_and_headers_pass_through_unchanged() {
 async fn the_request_id_is_kept_or_made_and_reaches_the_service() {
     let app = spawn_app().await;
     let response = app
-        .client
-        .post(app.url("/auth/login"))
+        .post("/auth/login")
         .header("x-request-id", "req-from-client-1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["x-request-id"], "req-from-client-1");
-    let (_, body) = json(response).await;
+        .await;
+    assert_eq!(response.headers["x-request-id"], "req-from-client-1");
+    let body = response.body;
     assert_eq!(body["data"]["headers"]["x-request-id"], "req-from-client-1");
 
-    let response = app
-        .client
-        .post(app.url("/auth/login"))
-        .send()
-        .await
-        .unwrap();
-    let echoed = response.headers()["x-request-id"]
+    let response = app.post("/auth/login").await;
+    let echoed = response.headers["x-request-id"]
         .to_str()
         .unwrap()
         .to_owned();
-    let (_, body) = json(response).await;
+    let body = response.body;
     assert!(!echoed.is_empty());
     assert_eq!(body["data"]["headers"]["x-request-id"], echoed.as_str());
 }
@@ -163,17 +142,14 @@ async fn the_request_id_is_kept_or_made_and_reaches_the_service() {
 async fn hop_by_hop_headers_and_the_service_credential_are_not_forwarded() {
     let app = spawn_app().await;
     let response = app
-        .client
-        .post(app.url("/auth/login"))
+        .post("/auth/login")
         .header("connection", "x-hop")
         .header("x-hop", "1")
         .header("proxy-authorization", "Basic abc")
         .header("x-internal-token", "forged")
         .header("x-end-to-end", "kept")
-        .send()
-        .await
-        .unwrap();
-    let (_, body) = json(response).await;
+        .await;
+    let body = response.body;
     let headers = body["data"]["headers"].as_object().unwrap();
     for dropped in ["x-hop", "proxy-authorization", "x-internal-token"] {
         assert!(
@@ -189,15 +165,12 @@ async fn hop_by_hop_headers_and_the_service_credential_are_not_forwarded() {
 async fn large_bodies_stream_through_both_ways() {
     let app = spawn_app().await;
     let payload = "x".repeat(600 * 1024);
-    let response = app
-        .client
-        .post(app.url("/posts"))
-        .bearer_auth(app.token(Uuid::now_v7()))
+    let (status, body) = app
+        .post("/posts")
+        .bearer(app.token(Uuid::now_v7()))
         .body(payload.clone())
-        .send()
         .await
-        .unwrap();
-    let (status, body) = json(response).await;
+        .parts();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["data"]["bodyLength"], payload.len());
 }

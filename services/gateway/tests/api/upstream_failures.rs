@@ -7,7 +7,7 @@ use futures_util::stream;
 use instaclone_gateway::routes::Upstream;
 use uuid::Uuid;
 
-use crate::helpers::{assert_error_envelope, closed_port_url, json, spawn_app_with, test_settings};
+use crate::helpers::{assert_error_envelope, closed_port_url, spawn_app_with, test_settings};
 
 #[tokio::test]
 async fn a_service_that_is_down_is_a_502_naming_it() {
@@ -15,14 +15,11 @@ async fn a_service_that_is_down_is_a_502_naming_it() {
         settings.services.notifications = closed_port_url();
     })
     .await;
-    let response = app
-        .client
-        .get(app.url("/notifications/my"))
-        .bearer_auth(app.token(Uuid::now_v7()))
-        .send()
+    let (status, body) = app
+        .get("/notifications/my")
+        .bearer(app.token(Uuid::now_v7()))
         .await
-        .unwrap();
-    let (status, body) = json(response).await;
+        .parts();
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_error_envelope(&body, 502);
     assert!(
@@ -31,14 +28,8 @@ async fn a_service_that_is_down_is_a_502_naming_it() {
     );
 
     // The other services are unaffected.
-    let response = app
-        .client
-        .get(app.url("/posts/me"))
-        .bearer_auth(app.token(Uuid::now_v7()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let response = app.get("/posts/me").bearer(app.token(Uuid::now_v7())).await;
+    assert_eq!(response.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -48,15 +39,14 @@ async fn a_slow_service_is_a_504_after_the_timeout() {
     })
     .await;
     let response = app
-        .client
-        .get(app.url("/posts/me"))
-        .bearer_auth(app.token(Uuid::now_v7()))
+        .get("/posts/me")
+        .bearer(app.token(Uuid::now_v7()))
         .header("x-test-delay-ms", "5000")
-        .timeout(Duration::from_secs(4))
-        .send()
+        .map(|request| request.timeout(Duration::from_secs(4)))
+        .try_send()
         .await
         .expect("the gateway answers before the client gives up");
-    let (status, body) = json(response).await;
+    let (status, body) = response.parts();
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_error_envelope(&body, 504);
     assert!(
@@ -73,41 +63,32 @@ async fn a_body_over_the_limit_is_413_whether_announced_or_streamed() {
     .await;
     let token = app.token(Uuid::now_v7());
 
-    let response = app
-        .client
-        .post(app.url("/posts"))
-        .bearer_auth(&token)
+    let (status, body) = app
+        .post("/posts")
+        .bearer(&token)
         .body("x".repeat(2048))
-        .send()
         .await
-        .unwrap();
-    let (status, body) = json(response).await;
+        .parts();
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_error_envelope(&body, 413);
 
     // Chunked: no Content-Length, the limit trips while the body streams to the service.
     let chunks = (0..8).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 512]));
-    let response = app
-        .client
-        .post(app.url("/posts"))
-        .bearer_auth(&token)
+    let (status, body) = app
+        .post("/posts")
+        .bearer(&token)
         .body(reqwest::Body::wrap_stream(stream::iter(chunks)))
-        .send()
         .await
-        .unwrap();
-    let (status, body) = json(response).await;
+        .parts();
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_error_envelope(&body, 413);
 
     // Within the limit it goes through.
     let response = app
-        .client
-        .post(app.url("/posts"))
-        .bearer_auth(&token)
+        .post("/posts")
+        .bearer(&token)
         .body("x".repeat(512))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
     assert!(app.service(Upstream::Posts).hits() >= 1);
 }

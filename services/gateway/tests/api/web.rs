@@ -18,14 +18,14 @@ async fn the_web_app_and_its_client_module_are_served() {
         ),
         ("/style.css", "text/css", ".badge"),
     ] {
-        let response = app.client.get(app.url(path)).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK, "{path}");
-        let served = response.headers()["content-type"]
+        let response = app.get(path).await;
+        assert_eq!(response.status, StatusCode::OK, "{path}");
+        let served = response.headers["content-type"]
             .to_str()
             .unwrap()
             .to_owned();
         assert!(served.starts_with(content_type), "{path}: {served}");
-        let body = response.text().await.unwrap();
+        let body = response.text;
         assert!(body.contains(marker), "{path} lacks {marker}");
     }
 }

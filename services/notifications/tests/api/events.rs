@@ -56,7 +56,11 @@ async fn a_follow_through_the_users_service_notifies_the_followed_user() {
         assert!(notification[field].is_string(), "{field} in {notification}");
     }
     assert!(app.my_notifications(&ada_token, "").await.is_empty());
-    let (_, count) = app.get("/notifications/unread-count", &bob_token).await;
+    let count = app
+        .get("/notifications/unread-count")
+        .bearer(&bob_token)
+        .await
+        .body;
     assert_eq!(count["data"], serde_json::json!({ "count": 1 }));
 
     // The hub is told, with the same notification as the history serves.
@@ -209,7 +213,11 @@ async fn a_fan_out_cut_off_from_the_users_service_resumes_where_it_stopped() {
     let followers = seed_followers(&app.env, author, 60).await;
     let event = EventEnvelope::new("test", &post_by(author)).unwrap();
 
-    let upstream = app.users_address.trim_start_matches("http://").to_owned();
+    let upstream = app
+        .users_api
+        .base_url
+        .trim_start_matches("http://")
+        .to_owned();
     let proxy = TcpProxy::start(&upstream).await;
     let token = InternalToken::new(app.env.settings.internal.token.clone().unwrap());
     let through_proxy = UsersClient::new(

@@ -1,7 +1,7 @@
 //! Starts the real users service and the notifications service in-process (port 0) on an
 //! isolated `TestEnv`, and talks to them over HTTP and RabbitMQ.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, ops::Deref, time::Duration};
 
 use futures_util::StreamExt;
 use instaclone_notifications::events::queue_spec;
@@ -10,7 +10,7 @@ use instaclone_shared::{
     auth::InternalToken,
     clients::{NewUser, UsersClient},
     events::{EventData, EventEnvelope, NotificationCreated, NotificationView, event_type},
-    testing::TestEnv,
+    testing::{TestClient, TestEnv},
 };
 use lapin::{
     BasicProperties,
@@ -28,10 +28,10 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct TestApp {
     pub env: TestEnv,
-    /// Base URL of the notifications service.
-    pub address: String,
-    pub users_address: String,
-    pub http: reqwest::Client,
+    /// The notifications service.
+    pub client: TestClient,
+    /// The users service's public API.
+    pub users_api: TestClient,
     pub users: UsersClient,
     pub publisher: EventPublisher,
     pub amqp: (lapin::Connection, lapin::Channel),
@@ -44,19 +44,27 @@ impl Drop for TestApp {
     }
 }
 
+impl Deref for TestApp {
+    type Target = TestClient;
+
+    fn deref(&self) -> &TestClient {
+        &self.client
+    }
+}
+
 /// The users service and the notifications service, both serving and consuming.
 pub async fn spawn_app() -> TestApp {
     let mut app = spawn_users().await;
     let notifications = instaclone_notifications::build(&app.env.settings, app.shutdown.clone())
         .await
         .expect("notifications service failed to build");
-    app.address = format!("http://127.0.0.1:{}", notifications.port());
+    app.client = TestClient::new(format!("http://127.0.0.1:{}", notifications.port()));
     tokio::spawn(notifications.run_until_stopped());
     app
 }
 
 /// Only the users service (and the RabbitMQ topology with this service's work queue declared,
-/// so events published now wait for the consumer); `address` is empty.
+/// so events published now wait for the consumer); `client` has no base URL.
 pub async fn spawn_users() -> TestApp {
     let mut env = TestEnv::new();
     let shutdown = CancellationToken::new();
@@ -78,9 +86,8 @@ pub async fn spawn_users() -> TestApp {
     let publisher = EventPublisher::new(env.settings.amqp.clone());
     TestApp {
         env,
-        address: String::new(),
-        users_address,
-        http: reqwest::Client::new(),
+        client: TestClient::new(""),
+        users_api: TestClient::new(users_address),
         users,
         publisher,
         amqp,
@@ -106,14 +113,12 @@ impl TestApp {
     /// Follows `target` through the users service's public API.
     pub async fn follow(&self, token: &str, target: Uuid) {
         let response = self
-            .http
-            .post(format!("{}/users/follow", self.users_address))
-            .bearer_auth(token)
+            .users_api
+            .post("/users/follow")
+            .bearer(token)
             .json(&serde_json::json!({ "userIdToFollow": target }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED);
+            .await;
+        assert_eq!(response.status, StatusCode::CREATED);
     }
 
     pub async fn publish<T: EventData>(&self, data: &T) -> EventEnvelope {
@@ -139,31 +144,13 @@ impl TestApp {
             .unwrap();
     }
 
-    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.address))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        read(response).await
-    }
-
-    pub async fn post(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.address))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        read(response).await
-    }
-
     /// The `data` array of `GET /notifications/my{query}`.
     pub async fn my_notifications(&self, token: &str, query: &str) -> Vec<Value> {
-        let (status, body) = self.get(&format!("/notifications/my{query}"), token).await;
+        let (status, body) = self
+            .get(&format!("/notifications/my{query}"))
+            .bearer(token)
+            .await
+            .parts();
         assert_eq!(status, StatusCode::OK, "{body}");
         body["data"].as_array().unwrap().clone()
     }
@@ -304,12 +291,6 @@ impl CreatedListener {
         }
         counts
     }
-}
-
-pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
-    let status = response.status();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, body)
 }
 
 /// Inserts `count` users following `author` straight into the users service's database (fast

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use instaclone_shared::testing::{TcpProxy, assert_unavailable};
+use instaclone_shared::testing::{TcpProxy, TestClient, assert_unavailable};
 use reqwest::StatusCode;
 
 use crate::helpers::spawn_users;
@@ -17,41 +17,36 @@ async fn an_unreachable_mongodb_is_a_503_with_retry_after() {
     let notifications = instaclone_notifications::build(&settings, app.shutdown.clone())
         .await
         .expect("notifications service failed to build");
-    app.address = format!("http://127.0.0.1:{}", notifications.port());
+    app.client = TestClient::new(format!("http://127.0.0.1:{}", notifications.port()));
     tokio::spawn(notifications.run_until_stopped());
     let (_, token) = app.user("ada").await;
-    let (status, _) = app.get("/notifications/my", &token).await;
+    let status = app.get("/notifications/my").bearer(&token).await.status;
     assert_eq!(status, StatusCode::OK);
 
     proxy.cut();
-    let url = |path: &str| format!("{}{path}", app.address);
     let requests = [
-        (
-            "GET /notifications/my",
-            app.http.get(url("/notifications/my")),
-        ),
+        ("GET /notifications/my", app.get("/notifications/my")),
         (
             "GET /notifications/unread-count",
-            app.http.get(url("/notifications/unread-count")),
+            app.get("/notifications/unread-count"),
         ),
         (
             "POST /notifications/read-all",
-            app.http.post(url("/notifications/read-all")),
+            app.post("/notifications/read-all"),
         ),
         (
             "POST /notifications/{id}/read",
-            app.http
-                .post(url("/notifications/65a1b2c3d4e5f60718293a4b/read")),
+            app.post("/notifications/65a1b2c3d4e5f60718293a4b/read"),
         ),
     ];
     for (what, request) in requests {
-        assert_unavailable(request.bearer_auth(&token).send().await.unwrap(), what).await;
+        assert_unavailable(&request.bearer(&token).await, what);
     }
 
     proxy.restore().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, body) = app.get("/notifications/my", &token).await;
+        let (status, body) = app.get("/notifications/my").bearer(&token).await.parts();
         if status == StatusCode::OK {
             break;
         }

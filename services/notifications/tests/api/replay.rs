@@ -2,7 +2,10 @@
 
 use chrono::{Duration, Utc};
 use instaclone_notifications::replay::ReplayReport;
-use instaclone_shared::events::{PostCreated, UserFollowed};
+use instaclone_shared::{
+    events::{PostCreated, UserFollowed},
+    testing::TestClient,
+};
 use mongodb::bson::{Document, doc};
 use uuid::Uuid;
 
@@ -129,17 +132,8 @@ async fn replay_handles_events_no_consumer_saw_and_stops_at_the_end() {
     let notifications = instaclone_notifications::build(&app.env.settings, app.shutdown.clone())
         .await
         .unwrap();
-    let address = format!("http://127.0.0.1:{}/notifications/my", notifications.port());
+    let service = TestClient::new(format!("http://127.0.0.1:{}", notifications.port()));
     tokio::spawn(notifications.run_until_stopped());
-    let body: serde_json::Value = app
-        .http
-        .get(address)
-        .bearer_auth(&bob_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    let reply = service.get("/notifications/my").bearer(&bob_token).await;
+    assert_eq!(reply.data().as_array().unwrap().len(), 2);
 }

@@ -75,40 +75,66 @@ async fn only_the_recipient_can_mark_a_notification_read() {
     let id = list[0]["_id"].as_str().unwrap();
 
     let (status, body) = app
-        .post(&format!("/notifications/{id}/read"), &mallory_token)
-        .await;
+        .post(&format!("/notifications/{id}/read"))
+        .bearer(&mallory_token)
+        .await
+        .parts();
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["statusCode"], 404);
-    let (_, count) = app.get("/notifications/unread-count", &bob_token).await;
+    let count = app
+        .get("/notifications/unread-count")
+        .bearer(&bob_token)
+        .await
+        .body;
     assert_eq!(count["data"]["count"], 2, "nothing changed");
 
     let (status, body) = app
-        .post(&format!("/notifications/{id}/read"), &bob_token)
-        .await;
+        .post(&format!("/notifications/{id}/read"))
+        .bearer(&bob_token)
+        .await
+        .parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["_id"], id);
     assert_eq!(body["data"]["read"], true);
     // Marking it again is fine and changes nothing.
     let (status, again) = app
-        .post(&format!("/notifications/{id}/read"), &bob_token)
-        .await;
+        .post(&format!("/notifications/{id}/read"))
+        .bearer(&bob_token)
+        .await
+        .parts();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["data"], body["data"]);
 
     let unread = app.my_notifications(&bob_token, "?unread=true").await;
     assert_eq!(unread.len(), 1);
     assert_ne!(unread[0]["_id"], id);
-    let (_, count) = app.get("/notifications/unread-count", &bob_token).await;
+    let count = app
+        .get("/notifications/unread-count")
+        .bearer(&bob_token)
+        .await
+        .body;
     assert_eq!(count["data"], json!({ "count": 1 }));
 
     // Someone else's read-all does not touch Bob's.
-    let (status, body) = app.post("/notifications/read-all", &mallory_token).await;
+    let (status, body) = app
+        .post("/notifications/read-all")
+        .bearer(&mallory_token)
+        .await
+        .parts();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["data"], json!({ "updated": 0 }));
-    let (status, body) = app.post("/notifications/read-all", &bob_token).await;
+    let (status, body) = app
+        .post("/notifications/read-all")
+        .bearer(&bob_token)
+        .await
+        .parts();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["data"], json!({ "updated": 1 }));
-    let (_, count) = app.get("/notifications/unread-count", &bob_token).await;
+    let count = app
+        .get("/notifications/unread-count")
+        .bearer(&bob_token)
+        .await
+        .body;
     assert_eq!(count["data"], json!({ "count": 0 }));
     assert!(
         app.my_notifications(&bob_token, "?unread=true")
@@ -135,29 +161,38 @@ async fn bad_input_is_a_clear_400_and_no_token_a_401() {
         "?unread=maybe",
         "?colour=blue",
     ] {
-        let (status, body) = app.get(&format!("/notifications/my{query}"), &token).await;
+        let (status, body) = app
+            .get(&format!("/notifications/my{query}"))
+            .bearer(&token)
+            .await
+            .parts();
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
         assert_eq!(body["statusCode"], 400);
         assert!(body["message"].is_string());
     }
-    let (status, _) = app.post("/notifications/not-an-id/read", &token).await;
+    let status = app
+        .post("/notifications/not-an-id/read")
+        .bearer(&token)
+        .await
+        .status;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = app
-        .post("/notifications/65f0c0ffee0000000000abcd/read", &token)
-        .await;
+    let status = app
+        .post("/notifications/65f0c0ffee0000000000abcd/read")
+        .bearer(&token)
+        .await
+        .status;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    let response = app
-        .http
-        .get(format!("{}/notifications/my", app.address))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    let (status, _) = app.get("/notifications/my", "garbage").await;
+    let response = app.get("/notifications/my").await;
+    assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    let status = app.get("/notifications/my").bearer("garbage").await.status;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // The static routes are not taken for ids.
-    let (status, _) = app.get("/notifications/read-all", &token).await;
+    let status = app
+        .get("/notifications/read-all")
+        .bearer(&token)
+        .await
+        .status;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
@@ -177,9 +212,14 @@ async fn marking_read_announces_the_new_unread_count() {
         .as_str()
         .unwrap()
         .to_owned();
-    app.post(&format!("/notifications/{id}/read"), &bob_token)
-        .await;
-    app.post("/notifications/read-all", &bob_token).await;
+    app.post(&format!("/notifications/{id}/read"))
+        .bearer(&bob_token)
+        .await
+        .parts();
+    app.post("/notifications/read-all")
+        .bearer(&bob_token)
+        .await
+        .parts();
     let events = instaclone_shared::testing::TestEnv::receive_events(
         &app.amqp.1,
         &queue,

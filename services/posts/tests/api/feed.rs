@@ -61,7 +61,11 @@ async fn the_feed_follows_the_follow_graph() {
     assert_eq!(rest, std::slice::from_ref(&bob_1));
 
     // A deleted post leaves the feed at once, before post.deleted reaches the timeline.
-    let (status, _) = app.delete(&bob_token, &format!("/posts/{bob_2}")).await;
+    let status = app
+        .delete(&format!("/posts/{bob_2}"))
+        .bearer(&bob_token)
+        .await
+        .status;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         app.list_ids(&ada_token, "/posts/feed").await,
@@ -110,7 +114,11 @@ async fn a_new_post_reaches_the_followers_timelines_through_post_created() {
     assert_eq!(app.timeline_ids(author).await, std::slice::from_ref(&post));
 
     // Deleting it takes it out of every timeline (post.deleted).
-    let (status, _) = app.delete(&author_token, &format!("/posts/{post}")).await;
+    let status = app
+        .delete(&format!("/posts/{post}"))
+        .bearer(&author_token)
+        .await
+        .status;
     assert_eq!(status, StatusCode::OK);
     for (reader, _) in &readers {
         app.eventually_timeline(*reader, &[]).await;
@@ -283,7 +291,11 @@ async fn a_feed_page_is_refused_with_a_clear_400_before_the_graph_is_read() {
     let app = spawn_app_with_users().await;
     let (_, token) = app.registered_user("dee").await;
     for query in ["limit=0", "limit=101", "before=xyz", "page=2"] {
-        let (status, body) = app.get(&token, &format!("/posts/feed?{query}")).await;
+        let (status, body) = app
+            .get(&format!("/posts/feed?{query}"))
+            .bearer(&token)
+            .await
+            .parts();
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
     }
 }
@@ -296,7 +308,7 @@ async fn the_feed_is_a_503_not_a_500_while_the_users_service_is_down() {
     let app = crate::helpers::spawn_app_with(env).await;
     let (_, token) = crate::helpers::user(&app);
     app.create_post(&token, "still works").await;
-    let (status, body) = app.get(&token, "/posts/feed").await;
+    let (status, body) = app.get("/posts/feed").bearer(&token).await.parts();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["statusCode"], 503);
     // Lists that do not need the graph are unaffected.

@@ -1,13 +1,13 @@
 //! Starts the posts service in-process on a free port, isolated by its own `TestEnv`.
 
-use std::time::Duration;
+use std::{ops::Deref, time::Duration};
 
 use instaclone_posts::timeline::{self, HomeTimelines};
 use instaclone_shared::{
     auth::InternalToken,
     clients::{NewUser, UsersClient},
     follow_cache::FollowCache,
-    testing::{TcpProxy, TestEnv},
+    testing::{TcpProxy, TestClient, TestEnv},
 };
 use mongodb::bson::Document;
 use reqwest::StatusCode;
@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 pub struct TestApp {
     pub env: TestEnv,
-    pub address: String,
-    pub http: reqwest::Client,
+    /// The posts service.
+    pub client: TestClient,
     /// The real users service, when the test started one (feed tests).
     pub users: Option<UsersService>,
     shutdown: CancellationToken,
@@ -26,13 +26,34 @@ pub struct TestApp {
 
 /// The users service the posts service reads the follow graph from.
 pub struct UsersService {
-    pub address: String,
+    /// Its public API.
+    pub public: TestClient,
+    /// Its internal API.
     pub client: UsersClient,
+}
+
+impl UsersService {
+    fn new(address: String, env: &TestEnv) -> Self {
+        let token = InternalToken::new(env.settings.internal.token.clone().unwrap());
+        let client = UsersClient::new(&address, token, Duration::from_secs(10));
+        Self {
+            public: TestClient::new(address),
+            client,
+        }
+    }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+impl Deref for TestApp {
+    type Target = TestClient;
+
+    fn deref(&self) -> &TestClient {
+        &self.client
     }
 }
 
@@ -61,9 +82,8 @@ pub async fn spawn_app_with_users_in(mut env: TestEnv) -> TestApp {
     let address = format!("http://{}", users.address());
     tokio::spawn(users.run_until_stopped());
     env.settings.services.users = address.clone();
-    let token = InternalToken::new(env.settings.internal.token.clone().unwrap());
-    let client = UsersClient::new(&address, token, Duration::from_secs(10));
-    start(env, shutdown, Some(UsersService { address, client })).await
+    let users = UsersService::new(address, &env);
+    start(env, shutdown, Some(users)).await
 }
 
 /// [`spawn_app_with_users_in`], with the posts service reaching the users service through a
@@ -77,9 +97,8 @@ pub async fn spawn_app_with_users_through_proxy(mut env: TestEnv) -> (TestApp, T
     tokio::spawn(users.run_until_stopped());
     let proxy = TcpProxy::start(address.trim_start_matches("http://")).await;
     env.settings.services.users = format!("http://127.0.0.1:{}", proxy.port());
-    let token = InternalToken::new(env.settings.internal.token.clone().unwrap());
-    let client = UsersClient::new(&address, token, Duration::from_secs(10));
-    let app = start(env, shutdown, Some(UsersService { address, client })).await;
+    let users = UsersService::new(address, &env);
+    let app = start(env, shutdown, Some(users)).await;
     (app, proxy)
 }
 
@@ -87,12 +106,11 @@ async fn start(env: TestEnv, shutdown: CancellationToken, users: Option<UsersSer
     let app = instaclone_posts::build(&env.settings, shutdown.clone())
         .await
         .expect("build the posts service");
-    let address = format!("http://{}", app.address());
+    let client = TestClient::new(format!("http://{}", app.address()));
     tokio::spawn(app.run_until_stopped());
     TestApp {
         env,
-        address,
-        http: reqwest::Client::new(),
+        client,
         users,
         shutdown,
     }
@@ -109,60 +127,20 @@ pub fn post_body(caption: &str) -> Value {
 }
 
 impl TestApp {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.address)
-    }
-
-    async fn read(response: reqwest::Response) -> (StatusCode, Value) {
-        let status = response.status();
-        let body = response.json::<Value>().await.unwrap_or(Value::Null);
-        (status, body)
-    }
-
-    pub async fn post_json(&self, token: &str, path: &str, body: &Value) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(token)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        Self::read(response).await
-    }
-
-    pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        Self::read(response).await
-    }
-
-    pub async fn delete(&self, token: &str, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .delete(self.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        Self::read(response).await
-    }
-
     /// Creates a post and returns it (asserting 201).
     pub async fn create_post(&self, token: &str, caption: &str) -> Value {
-        let (status, body) = self.post_json(token, "/posts", &post_body(caption)).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["data"].clone()
+        let reply = self
+            .post("/posts")
+            .bearer(token)
+            .json(&post_body(caption))
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.data().clone()
     }
 
     /// The ids of a list response, in order.
     pub async fn list_ids(&self, token: &str, path: &str) -> Vec<String> {
-        let (status, body) = self.get(token, path).await;
+        let (status, body) = self.get(path).bearer(token).await.parts();
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
         body["data"]
             .as_array()
@@ -298,17 +276,12 @@ impl TestApp {
             ("/users/unfollow", json!({ "userIdToUnfollow": followed }))
         };
         let response = self
-            .http
-            .post(format!("{}{path}", self.users().address))
-            .bearer_auth(follower_token)
+            .users()
+            .public
+            .post(path)
+            .bearer(follower_token)
             .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
+            .await;
+        assert!(response.status.is_success(), "{path}: {}", response.status);
     }
 }

@@ -20,29 +20,22 @@ async fn an_unreachable_mongodb_is_a_503_with_retry_after_and_writes_nothing() {
     let kept = app.create_post(&token, "before the outage").await;
 
     proxy.cut();
-    let url = |path: &str| app.url(path);
     let id = kept["_id"].as_str().unwrap();
     let requests = [
         (
             "POST /posts",
-            app.http.post(url("/posts")).json(&post_body("refused")),
+            app.post("/posts").json(&post_body("refused")),
         ),
-        (
-            "GET /posts/{id}",
-            app.http.get(url(&format!("/posts/{id}"))),
-        ),
-        (
-            "DELETE /posts/{id}",
-            app.http.delete(url(&format!("/posts/{id}"))),
-        ),
-        ("GET /posts/me", app.http.get(url("/posts/me"))),
+        ("GET /posts/{id}", app.get(&format!("/posts/{id}"))),
+        ("DELETE /posts/{id}", app.delete(&format!("/posts/{id}"))),
+        ("GET /posts/me", app.get("/posts/me")),
         (
             "GET /users/{id}/posts",
-            app.http.get(url(&format!("/users/{author}/posts"))),
+            app.get(&format!("/users/{author}/posts")),
         ),
     ];
     for (what, request) in requests {
-        assert_unavailable(request.bearer_auth(&token).send().await.unwrap(), what).await;
+        assert_unavailable(&request.bearer(&token).await, what);
     }
     assert_eq!(
         app.stored_count().await,
@@ -53,7 +46,12 @@ async fn an_unreachable_mongodb_is_a_503_with_retry_after_and_writes_nothing() {
     proxy.restore().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, body) = app.post_json(&token, "/posts", &post_body("again")).await;
+        let (status, body) = app
+            .post("/posts")
+            .bearer(&token)
+            .json(&post_body("again"))
+            .await
+            .parts();
         if status == StatusCode::CREATED {
             break;
         }
@@ -65,7 +63,7 @@ async fn an_unreachable_mongodb_is_a_503_with_retry_after_and_writes_nothing() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(app.stored_count().await, 2);
-    let (status, _) = app.get(&token, &format!("/posts/{id}")).await;
+    let status = app.get(&format!("/posts/{id}")).bearer(&token).await.status;
     assert_eq!(
         status,
         StatusCode::OK,

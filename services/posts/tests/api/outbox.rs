@@ -57,7 +57,11 @@ async fn events_written_while_the_broker_is_down_are_published_once_it_is_back()
     proxy.cut();
     let second = app.create_post(&token, "while the broker is down").await;
     let second_id = second["_id"].as_str().unwrap().to_owned();
-    let (status, body) = app.delete(&token, &format!("/posts/{first_id}")).await;
+    let (status, body) = app
+        .delete(&format!("/posts/{first_id}"))
+        .bearer(&token)
+        .await
+        .parts();
     assert_eq!(
         status,
         StatusCode::OK,
@@ -77,7 +81,11 @@ async fn events_written_while_the_broker_is_down_are_published_once_it_is_back()
         .await
         .unwrap();
     assert_eq!(pending, 2);
-    let (status, _) = app.get(&token, &format!("/posts/{first_id}")).await;
+    let status = app
+        .get(&format!("/posts/{first_id}"))
+        .bearer(&token)
+        .await
+        .status;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     proxy.restore().await;

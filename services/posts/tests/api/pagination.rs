@@ -51,7 +51,7 @@ async fn the_page_size_has_a_default_and_a_hard_maximum() {
     }
     assert_eq!(app.list_ids(&token, "/posts/me").await.len(), 20);
     assert_eq!(app.list_ids(&token, "/posts/me?limit=100").await.len(), 25);
-    let (status, body) = app.get(&token, "/posts/me?limit=1000").await;
+    let (status, body) = app.get("/posts/me?limit=1000").bearer(&token).await.parts();
     assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
     assert!(body["message"].as_str().unwrap().contains("100"), "{body}");
 }

@@ -11,12 +11,11 @@ async fn a_created_post_has_the_original_shape_and_can_be_read_back() {
     let (author, token) = user(&app);
 
     let (status, body) = app
-        .post_json(
-            &token,
-            "/posts",
-            &json!({ "caption": "first light 🌅", "mediaUrl": "https://cdn.example.com/a.jpg" }),
-        )
-        .await;
+        .post("/posts")
+        .bearer(&token)
+        .json(&json!({ "caption": "first light 🌅", "mediaUrl": "https://cdn.example.com/a.jpg" }))
+        .await
+        .parts();
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["statusCode"], 201);
     let post = &body["data"];
@@ -46,18 +45,21 @@ async fn a_created_post_has_the_original_shape_and_can_be_read_back() {
 
     // Anyone signed in can read it.
     let (_, reader) = user(&app);
-    let (status, body) = app.get(&reader, &format!("/posts/{id}")).await;
+    let (status, body) = app
+        .get(&format!("/posts/{id}"))
+        .bearer(&reader)
+        .await
+        .parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(&body["data"], post);
 
     // A caption is optional.
     let (status, body) = app
-        .post_json(
-            &token,
-            "/posts",
-            &json!({ "mediaUrl": "http://example.com/b.png" }),
-        )
-        .await;
+        .post("/posts")
+        .bearer(&token)
+        .json(&json!({ "mediaUrl": "http://example.com/b.png" }))
+        .await
+        .parts();
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["data"]["caption"], serde_json::Value::Null);
 }
@@ -95,7 +97,7 @@ async fn invalid_posts_are_refused_with_a_clear_400_and_nothing_is_stored() {
         ),
     ];
     for (body, expected) in cases {
-        let (status, response) = app.post_json(&token, "/posts", &body).await;
+        let (status, response) = app.post("/posts").bearer(&token).json(&body).await.parts();
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body} -> {response}");
         assert_eq!(response["statusCode"], 400);
         let message = response["message"].as_str().unwrap();
@@ -108,7 +110,7 @@ async fn invalid_posts_are_refused_with_a_clear_400_and_nothing_is_stored() {
 
     // Exactly 2,200 characters of four-byte emoji is fine.
     let body = json!({ "mediaUrl": "https://example.com/a.jpg", "caption": "📸".repeat(2200) });
-    let (status, response) = app.post_json(&token, "/posts", &body).await;
+    let (status, response) = app.post("/posts").bearer(&token).json(&body).await.parts();
     assert_eq!(status, StatusCode::CREATED, "{response}");
     assert_eq!(app.stored_count().await, 1);
 }
@@ -129,29 +131,15 @@ async fn every_route_needs_a_valid_access_token() {
         ),
     ] {
         let response = app
-            .http
-            .request(method.clone(), app.url(&path))
+            .request(method.clone(), &path)
             .json(&json!({ "mediaUrl": "https://example.com/a.jpg" }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::UNAUTHORIZED,
-            "{method} {path}"
-        );
+            .await;
+        assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{method} {path}");
         let response = app
-            .http
-            .request(method.clone(), app.url(&path))
-            .bearer_auth("not-a-token")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::UNAUTHORIZED,
-            "{method} {path}"
-        );
+            .request(method.clone(), &path)
+            .bearer("not-a-token")
+            .await;
+        assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{method} {path}");
     }
 }
 
@@ -169,17 +157,25 @@ async fn malformed_ids_are_400_and_unknown_ones_404() {
         "/posts/me?before=nope",
         "/posts/me?sort=asc",
     ] {
-        let (status, body) = app.get(&token, path).await;
+        let (status, body) = app.get(path).bearer(&token).await.parts();
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
         assert_eq!(body["statusCode"], 400, "{path}");
     }
-    let (status, body) = app.delete(&token, "/posts/123").await;
+    let (status, body) = app.delete("/posts/123").bearer(&token).await.parts();
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
     let unknown = "0123456789abcdef01234567";
-    let (status, body) = app.get(&token, &format!("/posts/{unknown}")).await;
+    let (status, body) = app
+        .get(&format!("/posts/{unknown}"))
+        .bearer(&token)
+        .await
+        .parts();
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let (status, _) = app.delete(&token, &format!("/posts/{unknown}")).await;
+    let status = app
+        .delete(&format!("/posts/{unknown}"))
+        .bearer(&token)
+        .await
+        .status;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -192,19 +188,19 @@ async fn only_the_author_can_delete_and_a_deleted_post_is_gone_everywhere() {
     let doomed = app.create_post(&author_token, "doomed").await;
     let doomed_path = format!("/posts/{}", doomed["_id"].as_str().unwrap());
 
-    let (status, body) = app.delete(&other_token, &doomed_path).await;
+    let (status, body) = app.delete(&doomed_path).bearer(&other_token).await.parts();
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["statusCode"], 403);
-    let (status, _) = app.get(&other_token, &doomed_path).await;
+    let status = app.get(&doomed_path).bearer(&other_token).await.status;
     assert_eq!(status, StatusCode::OK, "a refused delete must not delete");
 
-    let (status, body) = app.delete(&author_token, &doomed_path).await;
+    let (status, body) = app.delete(&doomed_path).bearer(&author_token).await.parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["_id"], doomed["_id"]);
 
-    let (status, _) = app.get(&author_token, &doomed_path).await;
+    let status = app.get(&doomed_path).bearer(&author_token).await.status;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = app.delete(&author_token, &doomed_path).await;
+    let status = app.delete(&doomed_path).bearer(&author_token).await.status;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let kept_id = kept["_id"].as_str().unwrap().to_owned();
     assert_eq!(

@@ -18,18 +18,22 @@ async fn follow_then_unfollow() {
     assert_eq!(body["data"]["followerId"], ada.to_string());
     assert_eq!(body["data"]["followedId"], grace.to_string());
 
-    let (_, body) = app.get("/users/following", &ada_token).await;
+    let body = app.get("/users/following").bearer(&ada_token).await.body;
     assert_eq!(ids(&body), vec![grace]);
-    let (_, body) = app.get("/users/followers", &grace_token).await;
+    let body = app.get("/users/followers").bearer(&grace_token).await.body;
     assert_eq!(ids(&body), vec![ada]);
     assert!(body["data"][0].get("email").is_none(), "{body}");
 
     let (status, body) = app.unfollow(&ada_token, grace).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["statusCode"], 200);
-    let (_, body) = app.get("/users/following", &ada_token).await;
+    let body = app.get("/users/following").bearer(&ada_token).await.body;
     assert!(ids(&body).is_empty());
-    let (_, body) = app.get(&format!("/users/{grace}"), &ada_token).await;
+    let body = app
+        .get(&format!("/users/{grace}"))
+        .bearer(&ada_token)
+        .await
+        .body;
     assert_eq!(body["data"]["followersCount"], 0);
 
     // And again: following after unfollowing works.
@@ -56,10 +60,19 @@ async fn follow_errors() {
         json!({"userIdToFollow": grace, "extra": 1}),
         json!({"userId": grace}),
     ] {
-        let (status, body) = app.post("/users/follow", &ada_token, &bad).await;
+        let (status, body) = app
+            .post("/users/follow")
+            .bearer(&ada_token)
+            .json(&bad)
+            .await
+            .parts();
         assert_error(status, &body, StatusCode::BAD_REQUEST);
     }
-    let (_, body) = app.get(&format!("/users/{grace}"), &ada_token).await;
+    let body = app
+        .get(&format!("/users/{grace}"))
+        .bearer(&ada_token)
+        .await
+        .body;
     assert_eq!(
         body["data"]["followersCount"], 1,
         "the failures changed nothing"
@@ -83,12 +96,11 @@ async fn unfollow_errors() {
     let (status, body) = app.unfollow(&ada_token, ada).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST);
     let (status, body) = app
-        .post(
-            "/users/unfollow",
-            &ada_token,
-            &json!({"userIdToFollow": grace}),
-        )
-        .await;
+        .post("/users/unfollow")
+        .bearer(&ada_token)
+        .json(&json!({"userIdToFollow": grace}))
+        .await
+        .parts();
     assert_error(status, &body, StatusCode::BAD_REQUEST);
     // A second unfollow is "not following".
     assert_eq!(app.follow(&ada_token, grace).await.0, StatusCode::CREATED);
@@ -117,7 +129,7 @@ async fn lists_are_paginated_newest_first_with_a_hard_maximum() {
             None => format!("/users/{star}/followers?limit=2"),
             Some(c) => format!("/users/{star}/followers?limit=2&cursor={c}"),
         };
-        let (status, body) = app.get(&path, &star_token).await;
+        let (status, body) = app.get(&path).bearer(&star_token).await.parts();
         assert_eq!(status, StatusCode::OK, "{body}");
         let page = ids(&body);
         assert_eq!(page.len(), expected_len, "{body}");
@@ -127,38 +139,57 @@ async fn lists_are_paginated_newest_first_with_a_hard_maximum() {
     assert_eq!(seen, fans);
 
     // The own list gives the same, and anyone can read anyone's list.
-    let (_, body) = app.get("/users/followers?limit=10", &star_token).await;
+    let body = app
+        .get("/users/followers?limit=10")
+        .bearer(&star_token)
+        .await
+        .body;
     assert_eq!(ids(&body), fans);
     let fan_token = app.env.access_token(fans[0]);
-    let (_, body) = app
-        .get(&format!("/users/{star}/followers"), &fan_token)
-        .await;
+    let body = app
+        .get(&format!("/users/{star}/followers"))
+        .bearer(&fan_token)
+        .await
+        .body;
     assert_eq!(ids(&body), fans);
-    let (_, body) = app
-        .get(&format!("/users/{}/following", fans[0]), &star_token)
-        .await;
+    let body = app
+        .get(&format!("/users/{}/following", fans[0]))
+        .bearer(&star_token)
+        .await
+        .body;
     assert_eq!(ids(&body), vec![star]);
 
     // Limits: 0 is refused, too large is cut to the maximum (100).
-    let (status, body) = app.get("/users/followers?limit=0", &star_token).await;
+    let (status, body) = app
+        .get("/users/followers?limit=0")
+        .bearer(&star_token)
+        .await
+        .parts();
     assert_error(status, &body, StatusCode::BAD_REQUEST);
-    let (status, body) = app.get("/users/followers?limit=100000", &star_token).await;
+    let (status, body) = app
+        .get("/users/followers?limit=100000")
+        .bearer(&star_token)
+        .await
+        .parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     for bad in [
         "/users/followers?limit=abc".to_owned(),
         "/users/followers?cursor=nope".to_owned(),
         "/users/followers?page=2".to_owned(),
-        // A user who is not in the list is not a position in it.
-        format!("/users/followers?cursor={}", Uuid::now_v7()),
         "/users/not-a-uuid/followers".to_owned(),
     ] {
-        let (status, body) = app.get(&bad, &star_token).await;
+        let (status, body) = app.get(&bad).bearer(&star_token).await.parts();
         assert_error(status, &body, StatusCode::BAD_REQUEST);
     }
-    let (status, body) = app
-        .get(&format!("/users/{}/following", Uuid::now_v7()), &star_token)
-        .await;
-    assert_error(status, &body, StatusCode::NOT_FOUND);
+    for missing in [
+        format!("/users/{}/following", Uuid::now_v7()),
+        // A user who is not in the list is not a position in it: the cursor is well formed, the
+        // position it names is not found.
+        format!("/users/followers?cursor={}", Uuid::now_v7()),
+    ] {
+        let (status, body) = app.get(&missing).bearer(&star_token).await.parts();
+        assert_error(status, &body, StatusCode::NOT_FOUND);
+    }
 }
 
 #[tokio::test]
@@ -181,15 +212,18 @@ async fn the_page_size_is_capped_at_one_hundred() {
     .execute(&pool)
     .await
     .unwrap();
-    let (_, body) = app.get("/users/followers?limit=1000", &token).await;
+    let body = app
+        .get("/users/followers?limit=1000")
+        .bearer(&token)
+        .await
+        .body;
     let first = ids(&body);
     assert_eq!(first.len(), 100);
-    let (_, body) = app
-        .get(
-            &format!("/users/followers?limit=1000&cursor={}", first[99]),
-            &token,
-        )
-        .await;
+    let body = app
+        .get(&format!("/users/followers?limit=1000&cursor={}", first[99]))
+        .bearer(&token)
+        .await
+        .body;
     let second = ids(&body);
     assert_eq!(second.len(), 50);
     assert!(second.iter().all(|id| !first.contains(id)));
@@ -213,7 +247,7 @@ async fn concurrent_opposite_follows_both_succeed() {
         );
         assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK), "{a:?} {b:?}");
     }
-    let (_, body) = app.get("/users/me", &ada_token).await;
+    let body = app.get("/users/me").bearer(&ada_token).await.body;
     assert_eq!(body["data"]["followersCount"], 0);
     assert_eq!(body["data"]["followingCount"], 0);
 }

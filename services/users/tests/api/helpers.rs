@@ -1,12 +1,12 @@
 //! Starts the users service in-process on port 0 with an isolated `TestEnv`, and talks to it.
 
-use std::time::Duration;
+use std::{ops::Deref, time::Duration};
 
 use instaclone_shared::{
     auth::InternalToken,
     clients::{NewUser, UserRecord, UsersClient},
     config::Settings,
-    testing::TestEnv,
+    testing::{TestClient, TestEnv},
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -15,10 +15,18 @@ use uuid::Uuid;
 
 pub struct TestApp {
     pub env: TestEnv,
-    pub address: String,
-    pub http: reqwest::Client,
+    /// The service's public and internal HTTP API.
+    pub client: TestClient,
     pub users: UsersClient,
     pub shutdown: CancellationToken,
+}
+
+impl Deref for TestApp {
+    type Target = TestClient;
+
+    fn deref(&self) -> &TestClient {
+        &self.client
+    }
 }
 
 impl Drop for TestApp {
@@ -44,8 +52,7 @@ pub async fn spawn_app_with(mut env: TestEnv, adjust: impl FnOnce(&mut Settings)
     let users = UsersClient::new(&address, token, Duration::from_secs(10));
     TestApp {
         env,
-        address,
-        http: reqwest::Client::new(),
+        client: TestClient::new(address),
         users,
         shutdown,
     }
@@ -73,56 +80,20 @@ impl TestApp {
         (user.id, token)
     }
 
-    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.address))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        read(response).await
-    }
-
-    pub async fn send_json(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: &Value,
-    ) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.address))
-            .bearer_auth(token)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        read(response).await
-    }
-
-    pub async fn post(&self, path: &str, token: &str, body: &Value) -> (StatusCode, Value) {
-        self.send_json(reqwest::Method::POST, path, token, body)
-            .await
-    }
-
     pub async fn follow(&self, token: &str, target: Uuid) -> (StatusCode, Value) {
-        self.post(
-            "/users/follow",
-            token,
-            &serde_json::json!({ "userIdToFollow": target }),
-        )
-        .await
+        self.post("/users/follow")
+            .bearer(token)
+            .json(&serde_json::json!({ "userIdToFollow": target }))
+            .await
+            .parts()
     }
 
     pub async fn unfollow(&self, token: &str, target: Uuid) -> (StatusCode, Value) {
-        self.post(
-            "/users/unfollow",
-            token,
-            &serde_json::json!({ "userIdToUnfollow": target }),
-        )
-        .await
+        self.post("/users/unfollow")
+            .bearer(token)
+            .json(&serde_json::json!({ "userIdToUnfollow": target }))
+            .await
+            .parts()
     }
 
     /// The service credential, for raw requests to `/internal/*`.
@@ -134,12 +105,6 @@ impl TestApp {
     pub async fn db(&self) -> sqlx::PgPool {
         self.env.postgres().await
     }
-}
-
-pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
-    let status = response.status();
-    let body = response.json::<Value>().await.unwrap_or(Value::Null);
-    (status, body)
 }
 
 /// The ids of a list response's `data`.

@@ -10,7 +10,7 @@ use instaclone_shared::{
 use reqwest::StatusCode;
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, read, spawn_app};
+use crate::helpers::{assert_error, spawn_app};
 
 fn new_user(email: &str, username: Option<&str>) -> NewUser {
     NewUser {
@@ -56,15 +56,12 @@ async fn create_then_look_up_by_email_and_id() {
 #[tokio::test]
 async fn the_wire_shape_is_camel_case_in_the_envelope() {
     let app = spawn_app().await;
-    let response = app
-        .http
-        .post(format!("{}/internal/users", app.address))
+    let (status, body) = app
+        .post("/internal/users")
         .header("x-internal-token", app.users_token())
         .json(&serde_json::json!({"email": "grace@example.com", "passwordHash": "h"}))
-        .send()
         .await
-        .unwrap();
-    let (status, body) = read(response).await;
+        .parts();
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["statusCode"], 201);
     for field in [
@@ -148,15 +145,12 @@ async fn invalid_input_is_a_400_and_writes_nothing() {
     assert_eq!(count, 0);
 
     // Unknown fields are refused too.
-    let response = app
-        .http
-        .post(format!("{}/internal/users", app.address))
+    let (status, body) = app
+        .post("/internal/users")
         .header("x-internal-token", app.users_token())
         .json(&serde_json::json!({"email": "a@b.co", "passwordHash": "h", "admin": true}))
-        .send()
         .await
-        .unwrap();
-    let (status, body) = read(response).await;
+        .parts();
     assert_error(status, &body, StatusCode::BAD_REQUEST);
 }
 
@@ -164,7 +158,7 @@ async fn invalid_input_is_a_400_and_writes_nothing() {
 async fn internal_routes_need_the_service_credential() {
     let app = spawn_app().await;
     let wrong = UsersClient::new(
-        &app.address,
+        &app.base_url,
         InternalToken::new(Secret::new("wrong".to_owned())),
         Duration::from_secs(5),
     );
@@ -173,19 +167,18 @@ async fn internal_routes_need_the_service_credential() {
         matches!(result, Err(ClientError::Unavailable { .. })),
         "{result:?}"
     );
-    let response = app
-        .http
-        .get(format!("{}/internal/users/{}", app.address, Uuid::now_v7()))
-        .send()
+    let (status, body) = app
+        .get(&format!("/internal/users/{}", Uuid::now_v7()))
         .await
-        .unwrap();
-    let (status, body) = read(response).await;
+        .parts();
     assert_error(status, &body, StatusCode::UNAUTHORIZED);
     // A user's access token is not a service credential.
     let (_, token) = app.user("mallory").await;
     let (status, body) = app
-        .get("/internal/users/by-email?email=mallory@example.com", &token)
-        .await;
+        .get("/internal/users/by-email?email=mallory@example.com")
+        .bearer(&token)
+        .await
+        .parts();
     assert_error(status, &body, StatusCode::UNAUTHORIZED);
 }
 
@@ -199,14 +192,11 @@ async fn malformed_ids_and_cursors_are_400() {
         format!("/internal/users/{id}/followers?limit=0"),
         format!("/internal/users/{id}/followers?limit=-1"),
     ] {
-        let response = app
-            .http
-            .get(format!("{}{path}", app.address))
+        let (status, body) = app
+            .get(&path)
             .header("x-internal-token", app.users_token())
-            .send()
             .await
-            .unwrap();
-        let (status, body) = read(response).await;
+            .parts();
         assert_error(status, &body, StatusCode::BAD_REQUEST);
     }
 }

@@ -18,55 +18,46 @@ async fn an_unreachable_database_is_a_503_with_retry_after_and_writes_nothing() 
     let (grace, _) = app.user("grace").await;
 
     proxy.cut();
-    let url = |path: &str| format!("{}{path}", app.address);
     let follow = || {
-        app.http
-            .post(url("/users/follow"))
-            .bearer_auth(&ada_token)
+        app.post("/users/follow")
+            .bearer(&ada_token)
             .json(&json!({ "userIdToFollow": grace }))
     };
     let requests = [
         ("POST /users/follow", follow()),
-        (
-            "GET /users/me",
-            app.http.get(url("/users/me")).bearer_auth(&ada_token),
-        ),
+        ("GET /users/me", app.get("/users/me").bearer(&ada_token)),
         (
             "PATCH /users/me",
-            app.http
-                .patch(url("/users/me"))
-                .bearer_auth(&ada_token)
+            app.patch("/users/me")
+                .bearer(&ada_token)
                 .json(&json!({ "bio": "offline" })),
         ),
         (
             "GET /users/search",
-            app.http
-                .get(url("/users/search?q=gra"))
-                .bearer_auth(&ada_token),
+            app.get("/users/search?q=gra").bearer(&ada_token),
         ),
         (
             "GET /users/{id}/followers",
-            app.http
-                .get(url(&format!("/users/{grace}/followers")))
-                .bearer_auth(&ada_token),
+            app.get(&format!("/users/{grace}/followers"))
+                .bearer(&ada_token),
         ),
     ];
     for (what, request) in requests {
-        assert_unavailable(request.send().await.unwrap(), what).await;
+        assert_unavailable(&request.await, what);
     }
 
     proxy.restore().await;
     // The pool reconnects; the follow that was refused is accepted once, not found done already.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
-        let status = follow().send().await.unwrap().status();
+        let status = follow().await.status;
         if status != StatusCode::SERVICE_UNAVAILABLE || tokio::time::Instant::now() > deadline {
             break status;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(status, StatusCode::CREATED);
-    let (_, me) = app.get("/users/me", &ada_token).await;
+    let me = app.get("/users/me").bearer(&ada_token).await.body;
     assert_eq!(me["data"]["followingCount"], 1, "{me}");
     assert_ne!(me["data"]["bio"], "offline", "{me}");
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::helpers::{TestApp, spawn_app};
 
 async fn posts_count(app: &TestApp, token: &str) -> i64 {
-    let (status, body) = app.get("/users/me", token).await;
+    let (status, body) = app.get("/users/me").bearer(token).await.parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     body["data"]["postsCount"].as_i64().unwrap()
 }

@@ -1,6 +1,6 @@
 //! `GET/PATCH /users/me` and `GET /users/{id}`.
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -10,7 +10,7 @@ use crate::helpers::{assert_error, spawn_app};
 async fn me_shows_my_email_and_counts() {
     let app = spawn_app().await;
     let (id, token) = app.user("ada").await;
-    let (status, body) = app.get("/users/me", &token).await;
+    let (status, body) = app.get("/users/me").bearer(&token).await.parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["statusCode"], 200);
     let me = &body["data"];
@@ -33,7 +33,11 @@ async fn other_profiles_have_counts_but_no_email() {
     assert_eq!(app.follow(&linus_token, ada).await.0, StatusCode::CREATED);
     assert_eq!(app.follow(&ada_token, grace).await.0, StatusCode::CREATED);
 
-    let (status, body) = app.get(&format!("/users/{ada}"), &grace_token).await;
+    let (status, body) = app
+        .get(&format!("/users/{ada}"))
+        .bearer(&grace_token)
+        .await
+        .parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     let profile = &body["data"];
     assert_eq!(profile["username"], "ada");
@@ -47,9 +51,13 @@ async fn other_profiles_have_counts_but_no_email() {
 async fn unknown_and_malformed_ids() {
     let app = spawn_app().await;
     let (_, token) = app.user("ada").await;
-    let (status, body) = app.get(&format!("/users/{}", Uuid::now_v7()), &token).await;
+    let (status, body) = app
+        .get(&format!("/users/{}", Uuid::now_v7()))
+        .bearer(&token)
+        .await
+        .parts();
     assert_error(status, &body, StatusCode::NOT_FOUND);
-    let (status, body) = app.get("/users/not-a-uuid", &token).await;
+    let (status, body) = app.get("/users/not-a-uuid").bearer(&token).await.parts();
     assert_error(status, &body, StatusCode::BAD_REQUEST);
 }
 
@@ -63,7 +71,7 @@ async fn static_routes_are_not_taken_for_ids() {
         "/users/following",
         "/users/followers",
     ] {
-        let (status, body) = app.get(path, &token).await;
+        let (status, body) = app.get(path).bearer(&token).await.parts();
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
     }
 }
@@ -77,24 +85,28 @@ async fn a_token_is_required() {
         format!("/users/{id}"),
         "/users/followers".to_owned(),
     ] {
-        let (status, body) = app.get(&path, "").await;
+        let (status, body) = app.get(&path).bearer("").await.parts();
         assert_error(status, &body, StatusCode::UNAUTHORIZED);
     }
-    let (status, body) = app.get("/users/me", "not.a.jwt").await;
+    let (status, body) = app.get("/users/me").bearer("not.a.jwt").await.parts();
     assert_error(status, &body, StatusCode::UNAUTHORIZED);
     // Expired, and signed by another key.
     let expired = app.env.access_token_expiring_in(id, -10);
-    let (status, body) = app.get("/users/me", &expired).await;
+    let (status, body) = app.get("/users/me").bearer(&expired).await.parts();
     assert_error(status, &body, StatusCode::UNAUTHORIZED);
     let forged = instaclone_shared::testing::TestEnv::new().access_token(id);
-    let (status, body) = app.get("/users/me", &forged).await;
+    let (status, body) = app.get("/users/me").bearer(&forged).await.parts();
     assert_error(status, &body, StatusCode::UNAUTHORIZED);
     // The token's own user still gets in.
-    let (status, _) = app.get("/users/me", &app.env.access_token(id)).await;
+    let status = app
+        .get("/users/me")
+        .bearer(app.env.access_token(id))
+        .await
+        .status;
     assert_eq!(status, StatusCode::OK);
     // A valid token of a user that does not exist: 404, not someone else's data.
     let ghost = app.env.access_token(Uuid::now_v7());
-    let (status, body) = app.get("/users/me", &ghost).await;
+    let (status, body) = app.get("/users/me").bearer(&ghost).await.parts();
     assert_error(status, &body, StatusCode::NOT_FOUND);
 }
 
@@ -103,25 +115,17 @@ async fn patch_me_changes_only_what_is_sent() {
     let app = spawn_app().await;
     let (_, token) = app.user("ada").await;
     let (status, body) = app
-        .send_json(
-            Method::PATCH,
-            "/users/me",
-            &token,
-            &json!({"displayName": " Ada Lovelace ", "bio": "First programmer", "avatarUrl": "https://cdn.example.com/ada.png"}),
-        )
-        .await;
+        .patch("/users/me").bearer(&token).json(&json!({"displayName": " Ada Lovelace ", "bio": "First programmer", "avatarUrl": "https://cdn.example.com/ada.png"})).await.parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["displayName"], "Ada Lovelace");
     assert_eq!(body["data"]["bio"], "First programmer");
 
     let (status, body) = app
-        .send_json(
-            Method::PATCH,
-            "/users/me",
-            &token,
-            &json!({"username": "Countess.Ada", "bio": null}),
-        )
-        .await;
+        .patch("/users/me")
+        .bearer(&token)
+        .json(&json!({"username": "Countess.Ada", "bio": null}))
+        .await
+        .parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     let me = &body["data"];
     assert_eq!(me["username"], "countess.ada");
@@ -149,20 +153,21 @@ async fn patch_me_rejects_bad_input_and_taken_usernames() {
         json!({"displayName": 42}),
     ] {
         let (status, body) = app
-            .send_json(Method::PATCH, "/users/me", &token, &bad)
-            .await;
+            .patch("/users/me")
+            .bearer(&token)
+            .json(&bad)
+            .await
+            .parts();
         assert_error(status, &body, StatusCode::BAD_REQUEST);
     }
     let (status, body) = app
-        .send_json(
-            Method::PATCH,
-            "/users/me",
-            &token,
-            &json!({"username": "GRACE"}),
-        )
-        .await;
+        .patch("/users/me")
+        .bearer(&token)
+        .json(&json!({"username": "GRACE"}))
+        .await
+        .parts();
     assert_error(status, &body, StatusCode::CONFLICT);
-    let (_, body) = app.get("/users/me", &token).await;
+    let body = app.get("/users/me").bearer(&token).await.body;
     assert_eq!(body["data"]["username"], "ada", "nothing was written");
     assert_eq!(body["data"]["displayName"], serde_json::Value::Null);
 }

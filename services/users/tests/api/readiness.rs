@@ -11,13 +11,7 @@ use serde_json::Value;
 use crate::helpers::spawn_app_with;
 
 async fn ready(app: &crate::helpers::TestApp) -> (StatusCode, Value) {
-    let response = app
-        .http
-        .get(format!("{}/ready", app.address))
-        .send()
-        .await
-        .unwrap();
-    (response.status(), response.json().await.unwrap())
+    app.get("/ready").await.parts()
 }
 
 async fn eventually(app: &crate::helpers::TestApp, expected: StatusCode) -> Value {

@@ -1,6 +1,6 @@
 //! `GET /users/search`: prefix and similarity, ranked, paginated, the query never SQL.
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, assert_error, spawn_app};
@@ -21,13 +21,11 @@ async fn seed(app: &TestApp) -> String {
     }
     let (_, countess) = app.user("countess").await;
     let (status, body) = app
-        .send_json(
-            Method::PATCH,
-            "/users/me",
-            &countess,
-            &json!({"displayName": "Ada Byron"}),
-        )
-        .await;
+        .patch("/users/me")
+        .bearer(&countess)
+        .json(&json!({"displayName": "Ada Byron"}))
+        .await
+        .parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     token
 }
@@ -36,7 +34,7 @@ async fn seed(app: &TestApp) -> String {
 async fn exact_then_prefix_then_similar() {
     let app = spawn_app().await;
     let token = seed(&app).await;
-    let (status, body) = app.get("/users/search?q=ADA", &token).await;
+    let (status, body) = app.get("/users/search?q=ADA").bearer(&token).await.parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     let found = usernames(&body);
     assert_eq!(found[0], "ada", "exact username first: {found:?}");
@@ -62,7 +60,11 @@ async fn exact_then_prefix_then_similar() {
 async fn pages_continue_after_the_cursor() {
     let app = spawn_app().await;
     let token = seed(&app).await;
-    let (_, body) = app.get("/users/search?q=ada&limit=100", &token).await;
+    let body = app
+        .get("/users/search?q=ada&limit=100")
+        .bearer(&token)
+        .await
+        .body;
     let all = usernames(&body);
     assert!(all.len() >= 5, "{all:?}");
     let mut paged = Vec::new();
@@ -72,7 +74,7 @@ async fn pages_continue_after_the_cursor() {
             None => "/users/search?q=ada&limit=2".to_owned(),
             Some(c) => format!("/users/search?q=ada&limit=2&cursor={c}"),
         };
-        let (status, body) = app.get(&path, &token).await;
+        let (status, body) = app.get(&path).bearer(&token).await.parts();
         assert_eq!(status, StatusCode::OK, "{body}");
         let page = body["data"].as_array().unwrap().clone();
         assert!(page.len() <= 2);
@@ -90,21 +92,20 @@ async fn the_query_is_data() {
     let app = spawn_app().await;
     let token = seed(&app).await;
     // `_` and `%` are not wildcards.
-    let (_, body) = app.get("/users/search?q=a_", &token).await;
+    let body = app.get("/users/search?q=a_").bearer(&token).await.body;
     let found = usernames(&body);
     assert!(found.contains(&"a_b_c".to_owned()), "{found:?}");
     assert!(!found.contains(&"abbc".to_owned()), "{found:?}");
-    let (status, body) = app.get("/users/search?q=%25", &token).await;
+    let (status, body) = app.get("/users/search?q=%25").bearer(&token).await.parts();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(usernames(&body).is_empty(), "{body}");
     let (status, body) = app
-        .get(
-            "/users/search?q=ada'%3B%20DROP%20TABLE%20users%3B%20--",
-            &token,
-        )
-        .await;
+        .get("/users/search?q=ada'%3B%20DROP%20TABLE%20users%3B%20--")
+        .bearer(&token)
+        .await
+        .parts();
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = app.get("/users/me", &token).await;
+    let (status, body) = app.get("/users/me").bearer(&token).await.parts();
     assert_eq!(status, StatusCode::OK, "the table is still there: {body}");
 }
 
@@ -121,7 +122,7 @@ async fn bad_search_parameters_are_400() {
         "/users/search?q=ada&cursor=nope".to_owned(),
         "/users/search?q=ada&sql=1".to_owned(),
     ] {
-        let (status, body) = app.get(&path, &token).await;
+        let (status, body) = app.get(&path).bearer(&token).await.parts();
         assert_error(status, &body, StatusCode::BAD_REQUEST);
     }
 }
