@@ -9,6 +9,7 @@ scripts/ensure-services.sh
 scripts/ensure-browser.sh
 scripts/ensure-kubernetes-tools.sh
 scripts/ensure-haproxy.sh
+scripts/ensure-schemathesis.sh
 cargo test --workspace --locked "$@"
 echo "== the same suites on the Redis Cluster =="
 REDIS_CLUSTER=true \

@@ -37,6 +37,9 @@ pub enum KeyError {
     Invalid(#[from] jsonwebtoken::errors::Error),
     #[error("cannot generate a key pair")]
     Generate,
+    /// The service credential is not configured; the text says why the part needs it.
+    #[error("INTERNAL_TOKEN is not set; {0}")]
+    MissingInternalToken(String),
 }
 
 /// What a token is for: an access token is refused where a refresh token is expected and back.
@@ -343,10 +346,12 @@ impl InternalToken {
     pub fn from_settings(
         settings: &crate::config::InternalSettings,
         needed_for: &str,
-    ) -> Result<Self, crate::server::StartupError> {
-        settings.token.clone().map(Self::new).ok_or_else(|| {
-            crate::server::StartupError::Config(format!("INTERNAL_TOKEN is not set; {needed_for}"))
-        })
+    ) -> Result<Self, KeyError> {
+        settings
+            .token
+            .clone()
+            .map(Self::new)
+            .ok_or_else(|| KeyError::MissingInternalToken(needed_for.to_owned()))
     }
 
     pub fn expose(&self) -> &str {

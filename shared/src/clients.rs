@@ -28,10 +28,12 @@ use crate::auth::{INTERNAL_TOKEN_HEADER, InternalToken};
 pub const MAX_ID_PAGE: u32 = 5000;
 
 /// A user as services see it (the public shape plus the email).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = User)]
 pub struct UserRecord {
     pub id: Uuid,
+    #[schema(format = Email)]
     pub email: String,
     pub username: String,
     pub display_name: Option<String>,
@@ -152,7 +154,7 @@ impl UsersClient {
     pub fn from_settings(
         settings: &crate::config::Settings,
         needed_for: &str,
-    ) -> Result<Self, crate::server::StartupError> {
+    ) -> Result<Self, crate::auth::KeyError> {
         let token = InternalToken::from_settings(&settings.internal, needed_for)?;
         Ok(Self::new(
             &settings.services.users,

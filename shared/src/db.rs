@@ -7,14 +7,18 @@
 
 use std::{future::Future, time::Duration};
 
+#[cfg(feature = "postgres")]
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
+use crate::backoff::{Backoff, RetryPolicy, Retrying, any_error, retry_notify};
+#[cfg(any(feature = "postgres", feature = "mongo"))]
+use crate::config::Secret;
+#[cfg(feature = "redis")]
 use crate::{
-    backoff::{Backoff, RetryPolicy, Retrying, any_error, retry_notify},
-    config::{RedisSettings, Secret},
+    config::RedisSettings,
     redis_conn::{self, RedisConnection},
 };
 
@@ -107,6 +111,7 @@ where
 }
 
 /// A pool on the database named in `url`, creating that database first if it does not exist.
+#[cfg(feature = "postgres")]
 pub async fn connect_postgres(
     url: &Secret<String>,
     max_connections: u32,
@@ -134,6 +139,7 @@ pub async fn connect_postgres(
     .await
 }
 
+#[cfg(feature = "postgres")]
 async fn create_database_if_missing(
     options: &PgConnectOptions,
     database: &str,
@@ -161,6 +167,7 @@ async fn create_database_if_missing(
 }
 
 /// The named database on the MongoDB-protocol server at `url`, once the server answers a ping.
+#[cfg(feature = "mongo")]
 pub async fn connect_mongo(
     url: &Secret<String>,
     database: &str,
@@ -193,6 +200,7 @@ pub async fn connect_mongo(
 
 /// A self-reconnecting connection to Redis (a single server, or a cluster when
 /// `settings.cluster`), once it answers.
+#[cfg(feature = "redis")]
 pub async fn connect_redis(
     settings: &RedisSettings,
     max_wait: Duration,

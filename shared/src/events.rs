@@ -184,17 +184,22 @@ impl EventData for PostDeleted {
 }
 
 /// A notification as clients see it (REST and realtime alike).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Notification)]
 pub struct NotificationView {
     #[serde(rename = "_id")]
+    #[schema(pattern = "^[0-9a-fA-F]{24}$")]
     pub id: String,
     /// The recipient.
     pub user_id: Uuid,
     /// `follow` or `post_created`.
     #[serde(rename = "type")]
+    #[schema(example = "follow")]
     pub kind: String,
     pub message: String,
+    /// `{followerId}` for follow, `{authorId, postId, caption, mediaUrl}` for post_created.
+    #[schema(value_type = Object)]
     pub data: serde_json::Value,
     pub read: bool,
     pub created_at: DateTime<Utc>,

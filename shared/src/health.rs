@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use serde_json::json;
 
+#[cfg(feature = "amqp")]
 use crate::{amqp::BrokerStatus, config::AmqpSettings};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -16,11 +17,15 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// A backing service a part needs in order to serve.
 #[derive(Clone)]
 pub enum Dependency {
+    #[cfg(feature = "postgres")]
     Postgres(sqlx::PgPool),
+    #[cfg(feature = "mongo")]
     Mongo(mongodb::Database),
+    #[cfg(feature = "redis")]
     Redis(crate::redis_conn::RedisConnection),
     /// The broker, as the part's own consumers see it (`status`); checked with a connection of
     /// its own only when the part has no consumer yet.
+    #[cfg(feature = "amqp")]
     RabbitMq {
         settings: AmqpSettings,
         status: BrokerStatus,
@@ -30,25 +35,35 @@ pub enum Dependency {
 impl Dependency {
     fn name(&self) -> &'static str {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(_) => "postgres",
+            #[cfg(feature = "mongo")]
             Self::Mongo(_) => "mongodb",
+            #[cfg(feature = "redis")]
             Self::Redis(_) => "redis",
+            #[cfg(feature = "amqp")]
             Self::RabbitMq { .. } => "rabbitmq",
+            // Without any backing-service feature there is no variant at all.
+            #[allow(unreachable_patterns)]
+            _ => "none",
         }
     }
 
     async fn check(&self) -> Result<(), String> {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(pool) => sqlx::query("SELECT 1")
                 .execute(pool)
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),
+            #[cfg(feature = "mongo")]
             Self::Mongo(db) => db
                 .run_command(mongodb::bson::doc! { "ping": 1 })
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),
+            #[cfg(feature = "redis")]
             Self::Redis(connection) => {
                 let mut connection = connection.clone();
                 redis::cmd("PING")
@@ -57,10 +72,13 @@ impl Dependency {
                     .map(drop)
                     .map_err(|e| e.to_string())
             }
+            #[cfg(feature = "amqp")]
             Self::RabbitMq { status, .. } if status.all_up() == Some(true) => Ok(()),
+            #[cfg(feature = "amqp")]
             Self::RabbitMq { status, .. } if status.all_up() == Some(false) => {
                 Err("a consumer's RabbitMQ link is down".to_owned())
             }
+            #[cfg(feature = "amqp")]
             Self::RabbitMq { settings, .. } => {
                 let connection = crate::amqp::connect(settings)
                     .await
@@ -68,6 +86,8 @@ impl Dependency {
                 let _ = connection.close(200, "readiness check").await;
                 Ok(())
             }
+            #[allow(unreachable_patterns)]
+            _ => Ok(()),
         }
     }
 }

@@ -117,13 +117,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The original's error body, which every failure carries.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    /// The response's status code.
+    pub status_code: u16,
+    /// What is wrong, for a person to read.
+    pub message: &'a str,
+    /// The status's reason phrase.
+    pub error: &'a str,
+}
+
 /// The original's error body: `{"statusCode", "message", "error"}` with `error` the reason phrase.
 pub fn error_response(status: StatusCode, message: &str) -> Response {
-    let body = json!({
-        "statusCode": status.as_u16(),
-        "message": message,
-        "error": status.canonical_reason().unwrap_or("Error"),
-    });
+    let body = ErrorBody {
+        status_code: status.as_u16(),
+        message,
+        error: status.canonical_reason().unwrap_or("Error"),
+    };
     (status, Json(body)).into_response()
 }
 
@@ -171,11 +184,48 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Expected request with `Content-Type: application/json`",
+            ));
+        }
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+        // serde reads a struct from a JSON array too (`[null, null]` as its fields in order);
+        // every body of this API is an object, as the OpenAPI document says.
+        let first = body.iter().find(|byte| !byte.is_ascii_whitespace());
+        if first.is_some_and(|&byte| byte != b'{') {
+            return Err(ApiError::bad_request(
+                "The request body must be a JSON object",
+            ));
+        }
+        match Json::<T>::from_bytes(&body) {
             Ok(Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// `application/json` or any `application/*+json`, as axum's `Json` accepts.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|subtype| subtype.ends_with("+json"))
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
@@ -342,6 +392,26 @@ mod tests {
             json["message"].as_str().unwrap().contains("admin"),
             "{json}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_an_object_is_a_400() {
+        for body in ["[\"ada\"]", "\"ada\"", "null", "3"] {
+            let (status, json, _) = send(post_json(body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(json["statusCode"], 400, "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_without_the_json_content_type_is_a_415() {
+        let request = axum::http::Request::post("/echo")
+            .header("content-type", "text/plain")
+            .body(Body::from("{\"name\":\"ada\"}"))
+            .unwrap();
+        let (status, json, _) = send(request).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(json["statusCode"], 415);
     }
 
     #[tokio::test]

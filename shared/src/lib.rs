@@ -3,6 +3,7 @@
 //! consuming, the outbox relay, connections to the backing services, health and metrics routes,
 //! and (with the `testing` feature) the per-test isolation harness.
 
+#[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod auth;
 pub mod backoff;
@@ -10,14 +11,20 @@ pub mod client_address;
 pub mod clients;
 pub mod config;
 pub mod db;
+#[cfg(feature = "amqp")]
 pub mod dead_letters;
 pub mod events;
+#[cfg(feature = "redis")]
 pub mod follow_cache;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
+#[cfg(feature = "amqp")]
 pub mod outbox;
+#[cfg(feature = "redis")]
 pub mod redis_conn;
+#[cfg(feature = "redis")]
 pub mod revocation;
 pub mod server;
 pub mod serving;
@@ -25,6 +32,7 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod unreachable;
+pub mod web_url;
 
 /// Every Instaclone binary allocates with mimalloc: the platform's hot paths (HTTP, JSON, BSON,
 /// AMQP frames) make many small, short-lived allocations from several threads, which glibc's

@@ -12,6 +12,7 @@ pub trait Unreachable {
     fn is_unreachable(&self) -> bool;
 }
 
+#[cfg(feature = "postgres")]
 impl Unreachable for sqlx::Error {
     fn is_unreachable(&self) -> bool {
         match self {
@@ -30,6 +31,7 @@ impl Unreachable for sqlx::Error {
     }
 }
 
+#[cfg(feature = "mongo")]
 impl Unreachable for mongodb::error::Error {
     fn is_unreachable(&self) -> bool {
         use mongodb::error::{ErrorKind, RETRYABLE_WRITE_ERROR, TRANSIENT_TRANSACTION_ERROR};
@@ -44,6 +46,7 @@ impl Unreachable for mongodb::error::Error {
     }
 }
 
+#[cfg(feature = "redis")]
 impl Unreachable for redis::RedisError {
     fn is_unreachable(&self) -> bool {
         use redis::ErrorKind;
@@ -62,7 +65,7 @@ impl Unreachable for redis::RedisError {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "testing"))]
 mod tests {
     use super::*;
 

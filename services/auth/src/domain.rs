@@ -132,7 +132,7 @@ pub struct Username(String);
 
 impl Username {
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let username = raw.trim();
+        let username = raw;
         let length = username.chars().count();
         if !(3..=30).contains(&length) {
             return Err("username must be 3 to 30 characters".to_owned());

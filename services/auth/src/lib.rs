@@ -10,9 +10,9 @@
 //! A library (`build` returns a bound [`ServiceApp`]) with a thin `main.rs`, so the all-in-one
 //! binary and the tests start it in-process. `docs/auth.md` describes the design and its figures.
 
+pub mod config;
 pub mod domain;
 pub mod error;
-pub mod options;
 pub mod password;
 pub mod rate_limit;
 pub mod routes;
@@ -32,9 +32,9 @@ use instaclone_shared::{
 };
 use tokio_util::sync::CancellationToken;
 
-pub use crate::options::AuthOptions;
+pub use crate::config::AuthOptions;
 use crate::{
-    password::PasswordHasherPool, rate_limit::LoginRateLimiter, routes::AuthState,
+    password::PasswordHasherPool, rate_limit::LoginRateLimiter, routes::AppState,
     sessions::SessionStore,
 };
 
@@ -64,7 +64,7 @@ pub async fn build_with_options(
         .await
         .map_err(|e| StartupError::Config(format!("argon2: {e}")))?;
     let redis = db::connect_redis(&settings.redis, settings.startup_wait).await?;
-    let state = AuthState {
+    let state = AppState {
         verifier,
         sessions: SessionStore::new(redis.clone(), settings.redis.clone(), issuer.refresh_ttl()),
         revocations: Revocations::new(redis.clone(), settings.redis.clone()),
@@ -76,7 +76,7 @@ pub async fn build_with_options(
     };
     let router = service_router(
         SERVICE_NAME,
-        axum::Router::new().merge(routes::router(state)),
+        routes::router().with_state(state),
         vec![Dependency::Redis(redis)],
         settings,
     );

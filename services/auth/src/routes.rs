@@ -9,7 +9,6 @@ use axum::{
     Router,
     extract::{ConnectInfo, FromRef, State},
     http::HeaderMap,
-    routing::{delete, post},
 };
 use instaclone_shared::{
     auth::{AuthUser, TokenIssuer, TokenKind, TokenVerifier, bearer_token},
@@ -19,6 +18,8 @@ use instaclone_shared::{
     revocation::Revocations,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
@@ -31,7 +32,7 @@ use crate::{
 
 /// Everything a handler needs. Cheap to clone (every field is a handle).
 #[derive(Clone, FromRef)]
-pub struct AuthState {
+pub struct AppState {
     pub verifier: TokenVerifier,
     pub issuer: TokenIssuer,
     pub users: UsersClient,
@@ -43,36 +44,52 @@ pub struct AuthState {
     pub addresses: Arc<ClientAddressPolicy>,
 }
 
-pub fn router(state: AuthState) -> Router {
-    Router::new()
-        .route("/auth/register", post(register))
-        .route("/auth/login", post(login))
-        .route("/auth/refresh", post(refresh))
-        .route("/auth/logout", post(logout))
-        .route("/auth/logout-all", post(logout_all))
-        .route("/auth/password", post(change_password))
-        .route("/auth/account", delete(delete_account))
-        .with_state(state)
+/// The service's public routes; the crate root gives them their state.
+pub fn router() -> Router<AppState> {
+    api().split_for_parts().0
 }
 
-#[derive(Debug, Deserialize)]
+/// The routes and their description, from the same declarations.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(logout_all))
+        .routes(routes!(change_password))
+        .routes(routes!(delete_account))
+}
+
+/// The service's finished OpenAPI document (see [`instaclone_shared::openapi`]).
+pub fn openapi() -> serde_json::Value {
+    instaclone_shared::openapi::finish("auth", api().into_openapi())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    #[schema(min_length = 8, max_length = 256)]
     password: String,
+    /// Made from the email when absent.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._]{3,30}$")]
     username: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    #[schema(min_length = 1, max_length = 256)]
     password: String,
 }
 
 /// A fresh token pair of one session.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenPair {
     access_token: String,
@@ -80,29 +97,33 @@ pub struct TokenPair {
 }
 
 /// Register and login answers: the user and the new session's tokens.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = AuthResult)]
 pub struct SignedIn {
     user: UserRecord,
     #[serde(flatten)]
     tokens: TokenPair,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LoggedOut {
     message: &'static str,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteAccountRequest {
+    #[schema(min_length = 1, max_length = 256)]
     password: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChangePasswordRequest {
+    #[schema(min_length = 1, max_length = 256)]
     current_password: String,
+    #[schema(min_length = 8, max_length = 256)]
     new_password: String,
 }
 
@@ -112,9 +133,15 @@ fn invalid(problems: impl IntoIterator<Item = Option<String>>) -> AuthError {
     AuthError::Invalid(problems.join("; "))
 }
 
+/// Create an account and log in.
+#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "The new user and session", body = SignedIn),
+        (status = 409, description = "The email or username is taken"),
+    ))]
 #[tracing::instrument(skip_all, fields(user_id))]
 async fn register(
-    State(state): State<AuthState>,
+    State(state): State<AppState>,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<Envelope<SignedIn>, AuthError> {
     let (email, password, username) = match (
@@ -144,9 +171,16 @@ async fn register(
     Ok(Envelope::created(SignedIn { user, tokens }))
 }
 
+/// Log in with email and password.
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "The user and the new session", body = SignedIn),
+        (status = 401, description = "Unknown email or wrong password (one message for both)"),
+        (status = 429, description = "Too many failed attempts for this account or address"),
+    ))]
 #[tracing::instrument(skip_all, fields(user_id))]
 async fn login(
-    State(state): State<AuthState>,
+    State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<LoginRequest>,
@@ -200,7 +234,7 @@ fn count_login(outcome: &'static str) {
 
 /// The user if `password` is theirs. Unknown emails take the same time as wrong passwords.
 async fn check_credentials(
-    state: &AuthState,
+    state: &AppState,
     email: &Email,
     password: LoginPassword,
 ) -> Result<Option<UserRecord>, AuthError> {
@@ -217,7 +251,7 @@ async fn check_credentials(
 }
 
 /// A new session (device) for `user` and its first token pair.
-async fn start_session(state: &AuthState, user: Uuid) -> Result<TokenPair, AuthError> {
+async fn start_session(state: &AppState, user: Uuid) -> Result<TokenPair, AuthError> {
     let session = Uuid::new_v4();
     let (refresh_token, refresh_claims) = state.issuer.issue(user, session, TokenKind::Refresh)?;
     let (access_token, _) = state.issuer.issue(user, session, TokenKind::Access)?;
@@ -231,9 +265,12 @@ async fn start_session(state: &AuthState, user: Uuid) -> Result<TokenPair, AuthE
     })
 }
 
+/// Exchange the refresh token (as bearer) for a new pair; each refresh token works once.
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", security(("refreshToken" = [])),
+    responses((status = 200, description = "The session's new token pair", body = TokenPair)))]
 #[tracing::instrument(skip_all, fields(user_id, session_id))]
 async fn refresh(
-    State(state): State<AuthState>,
+    State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Envelope<TokenPair>, AuthError> {
     let presented = bearer_token(&headers).ok_or(AuthError::MissingToken)?;
@@ -267,9 +304,12 @@ async fn refresh(
     }
 }
 
+/// End this session: its refresh token stops working.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("accessToken" = [])),
+    responses((status = 200, description = "The session has ended", body = LoggedOut)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.id, session_id = %user.session_id))]
 async fn logout(
-    State(state): State<AuthState>,
+    State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Envelope<LoggedOut>, AuthError> {
     let ended = state.sessions.revoke(user.id, user.session_id).await?;
@@ -279,12 +319,15 @@ async fn logout(
     }))
 }
 
-/// Ends every session of the caller (every device, this one included) and closes their live
-/// realtime connections; access tokens already issued stop counting at the hub at once and
-/// elsewhere when they expire.
+/// End every session of the caller: no refresh token works any more and live realtime connections close (4004).
+///
+/// Every device, this one included; access tokens already issued stop counting at the hub at
+/// once and elsewhere when they expire.
+#[utoipa::path(post, path = "/auth/logout-all", tag = "auth", security(("accessToken" = [])),
+    responses((status = 200, description = "Every session has ended", body = LoggedOut)))]
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
 async fn logout_all(
-    State(state): State<AuthState>,
+    State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Envelope<LoggedOut>, AuthError> {
     end_every_session(&state, &user, chrono::Utc::now().timestamp()).await?;
@@ -296,7 +339,7 @@ async fn logout_all(
 
 /// Every session of `user` ends: tokens issued before `at` (Unix seconds) stop counting
 /// everywhere, and the caller's own session record goes at once.
-async fn end_every_session(state: &AuthState, user: &AuthUser, at: i64) -> Result<(), AuthError> {
+async fn end_every_session(state: &AppState, user: &AuthUser, at: i64) -> Result<(), AuthError> {
     state
         .revocations
         .revoke_all(user.id, at, state.issuer.refresh_ttl())
@@ -306,12 +349,19 @@ async fn end_every_session(state: &AuthState, user: &AuthUser, at: i64) -> Resul
     Ok(())
 }
 
-/// Changes the caller's password: the current one must be given (and failures count against
-/// the account's login limit, so a stolen access token cannot guess it), every session ends,
-/// and the caller gets a fresh session.
+/// Change the password (the current one is required): every session ends, the caller gets a new one.
+///
+/// Failures count against the account's login limit, so a stolen access token cannot guess it.
+#[utoipa::path(post, path = "/auth/password", tag = "auth", security(("accessToken" = [])),
+    request_body = ChangePasswordRequest,
+    responses(
+        (status = 200, description = "The caller's new session", body = TokenPair),
+        (status = 403, description = "The current password is wrong"),
+        (status = 429, description = "Too many failed attempts for this account or address"),
+    ))]
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
 async fn change_password(
-    State(state): State<AuthState>,
+    State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     user: AuthUser,
@@ -338,7 +388,7 @@ async fn change_password(
 /// A password attempt for `email` from `address`, under the login limits: the ticket to report
 /// its outcome with, or 429.
 async fn admit_attempt(
-    state: &AuthState,
+    state: &AppState,
     email: &Email,
     address: std::net::IpAddr,
 ) -> Result<AttemptTicket, AuthError> {
@@ -353,7 +403,7 @@ async fn admit_attempt(
 /// Checks that `password` is the caller's, under the account's login limit (failures count, so
 /// a stolen access token cannot be used to guess it): 403 when it is not, 429 when limited.
 async fn confirm_password(
-    state: &AuthState,
+    state: &AppState,
     user: &AuthUser,
     peer: SocketAddr,
     headers: &HeaderMap,
@@ -374,12 +424,20 @@ async fn confirm_password(
     Ok(())
 }
 
-/// Deletes the caller's account (the password is required): its follows and the account go in
-/// the users service, which announces `user.deleted` for its posts and notifications; every
-/// session ends and live realtime connections close.
+/// Delete the caller's account (the password is required): its follows, posts and notifications go, every session ends and live connections close.
+///
+/// The follows and the account go in the users service, which announces `user.deleted` for the
+/// posts and notifications.
+#[utoipa::path(delete, path = "/auth/account", tag = "auth", security(("accessToken" = [])),
+    request_body = DeleteAccountRequest,
+    responses(
+        (status = 200, description = "The account is gone", body = LoggedOut),
+        (status = 403, description = "The password is wrong"),
+        (status = 429, description = "Too many failed attempts for this account or address"),
+    ))]
 #[tracing::instrument(skip_all, fields(user_id = %user.id))]
 async fn delete_account(
-    State(state): State<AuthState>,
+    State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     user: AuthUser,
@@ -394,4 +452,34 @@ async fn delete_account(
     Ok(Envelope::ok(LoggedOut {
         message: "Account deleted",
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_gateways_copy_of_the_openapi_document_is_current() {
+        instaclone_shared::openapi::assert_gateway_copy_is_current("auth", &super::openapi());
+    }
+
+    /// Attribute values must be literals: the document states the domain's limits.
+    #[test]
+    fn the_documented_limits_are_the_domains() {
+        use crate::domain::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
+        let document = super::openapi();
+        let schemas = &document["components"]["schemas"];
+        for (schema, field, min) in [
+            ("RegisterRequest", "password", MIN_PASSWORD_CHARS),
+            ("LoginRequest", "password", 1),
+            ("ChangePasswordRequest", "newPassword", MIN_PASSWORD_CHARS),
+            ("ChangePasswordRequest", "currentPassword", 1),
+            ("DeleteAccountRequest", "password", 1),
+        ] {
+            let property = &schemas[schema]["properties"][field];
+            assert_eq!(property["minLength"], min, "{schema}.{field}");
+            assert_eq!(
+                property["maxLength"], MAX_PASSWORD_CHARS,
+                "{schema}.{field}"
+            );
+        }
+    }
 }

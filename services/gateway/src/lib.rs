@@ -5,13 +5,14 @@
 //! forwarding, the gateway verifies the access token (services verify it again: they never
 //! trust the gateway) and spends one request of the caller's rate-limit budget in Redis. The home
 //! feed is cached per user for a few seconds, dropped on the user's own writes and, through a
-//! consumer of `post.created`/`post.deleted`, for the author's followers. The gateway also serves the OpenAPI document and
-//! Swagger UI, the web app at `/` ([`web`]), and its own `/health`, `/ready` and `/metrics`.
+//! consumer of `post.created`/`post.deleted`, for the author's followers. The gateway also serves
+//! the OpenAPI document and Swagger UI, the web app at `/` ([`web`]), and its own `/health`, `/ready` and `/metrics`.
 //!
 //! A library (`build` returns a bound [`ServiceApp`]) with a thin `main.rs`, so the all-in-one
 //! binary and the tests start it in-process.
 
 pub mod config;
+pub mod error;
 pub mod feed_cache;
 mod feed_invalidation;
 mod openapi;
@@ -38,12 +39,12 @@ use axum::{
     routing::{MethodFilter, on},
 };
 use instaclone_shared::{
-    auth::{TokenError, TokenKind, TokenVerifier, bearer_token},
+    auth::{TokenKind, TokenVerifier, bearer_token},
     clients::UsersClient,
     config::Settings,
     db,
     health::Dependency,
-    http::{ApiError, REQUEST_ID_HEADER},
+    http::REQUEST_ID_HEADER,
     server::{ServiceApp, StartupError, service_router},
 };
 use tokio_util::sync::CancellationToken;
@@ -52,85 +53,13 @@ use uuid::Uuid;
 
 pub use config::GatewaySettings;
 use config::{CorsOrigins, RateLimit};
+use error::GatewayError;
 use feed_cache::FeedCache;
 use proxy::{Proxy, UpstreamAddress};
 use rate_limit::{Decision, RateLimiter, Subject};
 use routes::{Access, PUBLIC_ROUTES, PublicRoute, Target, Upstream};
 
 pub const SERVICE_NAME: &str = "gateway";
-
-/// Why the gateway answered instead of a service.
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    #[error("missing bearer token")]
-    MissingToken,
-    #[error(transparent)]
-    Token(#[from] TokenError),
-    #[error("rate limit exceeded")]
-    RateLimited { retry_after: Duration },
-    #[error("the {} service is unreachable", .0.name())]
-    UpstreamUnreachable(Upstream),
-    #[error("the {} service did not answer in time", .0.name())]
-    UpstreamTimeout(Upstream),
-    #[error("the {} service failed to answer", .0.name())]
-    UpstreamFailed(Upstream),
-    #[error("request body is too large")]
-    BodyTooLarge,
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl GatewayError {
-    /// Short label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::MissingToken | Self::Token(_) => "unauthorized",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::UpstreamUnreachable(_) => "unreachable",
-            Self::UpstreamTimeout(_) => "timeout",
-            Self::UpstreamFailed(_) => "failed",
-            Self::BodyTooLarge => "body_too_large",
-            Self::Internal(_) => "internal",
-        }
-    }
-}
-
-impl From<GatewayError> for ApiError {
-    fn from(error: GatewayError) -> Self {
-        let message = error.to_string();
-        match error {
-            GatewayError::MissingToken => ApiError::unauthorized("Missing bearer token"),
-            GatewayError::Token(token) => token.into(),
-            GatewayError::RateLimited { retry_after } => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "Too many requests")
-                    .with_retry_after(retry_after.as_secs().max(1))
-            }
-            GatewayError::UpstreamUnreachable(_) | GatewayError::UpstreamFailed(_) => {
-                ApiError::new(StatusCode::BAD_GATEWAY, capitalise(&message))
-            }
-            GatewayError::UpstreamTimeout(_) => {
-                ApiError::new(StatusCode::GATEWAY_TIMEOUT, capitalise(&message))
-            }
-            GatewayError::BodyTooLarge => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large")
-            }
-            GatewayError::Internal(cause) => ApiError::internal(cause),
-        }
-    }
-}
-
-impl IntoResponse for GatewayError {
-    fn into_response(self) -> Response {
-        ApiError::from(self).into_response()
-    }
-}
-
-fn capitalise(message: &str) -> String {
-    let mut chars = message.chars();
-    chars.next().map_or_else(String::new, |first| {
-        first.to_uppercase().chain(chars).collect()
-    })
-}
 
 /// What every proxied request shares. Cheap to clone.
 #[derive(Clone)]

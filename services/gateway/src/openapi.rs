@@ -1,10 +1,14 @@
 //! The OpenAPI 3.1 document (`GET /openapi.json`) and Swagger UI (`GET /api`).
 //!
 //! The paths come from [`PUBLIC_ROUTES`], the same table the router is built from, so the
-//! document lists exactly what the gateway serves. The component schemas describe the resource
-//! shapes of the design (the NestJS original's camelCase fields). Swagger UI's assets are
-//! vendored from the `swagger-ui-dist` npm package and compiled into the binary, so the UI works
-//! without any network access.
+//! document lists exactly what the gateway serves. Each forwarded operation is the one its
+//! service describes from its own handlers and types (`instaclone_shared::openapi`); the gateway
+//! cannot link the services, so it holds a copy of each finished document in `openapi/`, and a
+//! test in each service fails when its copy is not what its code describes. To each forwarded
+//! operation the gateway adds its own answers: 429 from its rate limits, 413 from its body
+//! limit, 401 from its token check, 502 and 504 when the service fails or is slow. Swagger UI's
+//! assets are vendored from the `swagger-ui-dist` npm package and compiled into the binary, so
+//! the UI works without any network access.
 
 use axum::{
     Router,
@@ -12,20 +16,55 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
+use instaclone_shared::openapi::add_error;
 use serde_json::{Map, Value, json};
 
-use crate::routes::{Access, PUBLIC_ROUTES, PublicRoute, Returns, Target};
+use crate::routes::{Access, GatewayDoc, PUBLIC_ROUTES, PublicRoute, Target, Upstream};
+
+/// The finished document of each service, as its code describes it.
+fn service_document(upstream: Upstream) -> &'static str {
+    match upstream {
+        Upstream::Auth => include_str!("../openapi/auth.json"),
+        Upstream::Users => include_str!("../openapi/users.json"),
+        Upstream::Posts => include_str!("../openapi/posts.json"),
+        Upstream::Notifications => include_str!("../openapi/notifications.json"),
+        Upstream::Hub => include_str!("../openapi/realtime-hub.json"),
+    }
+}
+
+/// Each service's document, parsed.
+fn service_documents() -> Vec<(Upstream, Value)> {
+    Upstream::ALL
+        .into_iter()
+        .map(|upstream| {
+            let document = serde_json::from_str(service_document(upstream)).unwrap_or_default();
+            (upstream, document)
+        })
+        .collect()
+}
 
 /// The whole document.
 pub fn document() -> Value {
+    let services = service_documents();
     let mut paths = Map::new();
     for route in PUBLIC_ROUTES {
-        let item = paths
-            .entry(route.path.to_owned())
-            .or_insert_with(|| json!({}));
-        if let Value::Object(item) = item {
-            item.insert(route.method.as_str().to_ascii_lowercase(), operation(route));
-        }
+        let operation = match route.target {
+            Target::Upstream(upstream) => services
+                .iter()
+                .find(|(service, _)| *service == upstream)
+                .and_then(|(_, document)| service_operation(document, route))
+                .map(|operation| forwarded(route, operation)),
+            Target::Gateway(doc) => Some(own_operation(route, &doc)),
+        };
+        let (Some(operation), Value::Object(item)) = (
+            operation,
+            paths
+                .entry(route.path.to_owned())
+                .or_insert_with(|| json!({})),
+        ) else {
+            continue;
+        };
+        item.insert(route.method.as_str().to_ascii_lowercase(), operation);
     }
     json!({
         "openapi": "3.1.0",
@@ -37,84 +76,74 @@ pub fn document() -> Value {
                 Lists are keyset-paginated: pass the last item's id as `before`/`cursor`.",
         },
         "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "accessToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                    "description": "Access token from login, register or refresh"},
-                "refreshToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                    "description": "Refresh token from login, register or refresh"},
-            },
-            "schemas": schemas(),
-        },
+        "components": merged_components(&services),
     })
 }
 
-fn operation(route: &PublicRoute) -> Value {
-    let doc = &route.doc;
-    let tag = route
-        .path
-        .trim_start_matches('/')
-        .split(['/', '.'])
-        .next()
-        .filter(|_| route.target != Target::Gateway)
-        .unwrap_or("gateway");
-    let mut parameters: Vec<Value> = route
-        .path
-        .split('/')
-        .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
-        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-        .collect();
-    parameters.extend(doc.query.iter().map(|q| {
-        json!({"name": q.name, "in": "query", "required": false,
-            "description": q.description, "schema": {"type": "string"}})
-    }));
+/// The operation `route` names in a service's document.
+pub fn service_operation(document: &Value, route: &PublicRoute) -> Option<Value> {
+    document
+        .get("paths")?
+        .get(route.path)?
+        .get(route.method.as_str().to_ascii_lowercase())
+        .cloned()
+}
 
+/// A service's operation as the gateway forwards it: the gateway's own answers added.
+fn forwarded(route: &PublicRoute, mut operation: Value) -> Value {
+    operation["operationId"] = Value::String(operation_id(route));
+    let has_body = operation.get("requestBody").is_some();
+    if let Some(Value::Object(responses)) = operation.get_mut("responses") {
+        let mut statuses = vec![429, 502, 504];
+        if has_body {
+            statuses.push(413);
+        }
+        if matches!(route.access, Access::AccessToken | Access::RefreshToken) {
+            statuses.push(401);
+        }
+        for status in statuses {
+            add_error(responses, status);
+        }
+    }
+    operation
+}
+
+/// One of the gateway's own routes: no token, no rate limit, not the JSON envelope.
+fn own_operation(route: &PublicRoute, doc: &GatewayDoc) -> Value {
     let mut responses = Map::new();
     responses.insert(
-        doc.success.to_string(),
-        success_response(doc.success, doc.returns),
+        "200".to_owned(),
+        json!({"description": "OK", "content": {doc.media_type: {}}}),
     );
-    let mut errors: Vec<u16> = doc.errors.to_vec();
-    match route.access {
-        Access::AccessToken | Access::RefreshToken => errors.push(401),
-        Access::Anonymous | Access::Operational => {}
+    for &status in doc.errors {
+        add_error(&mut responses, status);
     }
-    if route.access != Access::Operational {
-        errors.push(429);
-    }
-    if doc.body.is_some() {
-        errors.push(413);
-    }
-    if matches!(route.target, Target::Upstream(_)) {
-        errors.extend([502, 504]);
-    }
-    errors.sort_unstable();
-    errors.dedup();
-    for status in errors {
-        responses.insert(status.to_string(), error_response(status));
-    }
-
-    let mut operation = json!({
-        "tags": [tag],
+    json!({
+        "tags": ["gateway"],
         "summary": doc.summary,
         "operationId": operation_id(route),
         "responses": responses,
-    });
-    if !parameters.is_empty() {
-        operation["parameters"] = Value::Array(parameters);
+    })
+}
+
+/// The services' component schemas and security schemes, in one set.
+fn merged_components(services: &[(Upstream, Value)]) -> Value {
+    let mut schemas = Map::new();
+    let mut security_schemes = Map::new();
+    for (_, document) in services {
+        let components = &document["components"];
+        for (into, section) in [
+            (&mut schemas, "schemas"),
+            (&mut security_schemes, "securitySchemes"),
+        ] {
+            if let Some(Value::Object(entries)) = components.get(section) {
+                for (name, value) in entries {
+                    into.entry(name.clone()).or_insert_with(|| value.clone());
+                }
+            }
+        }
     }
-    if let Some(body) = doc.body {
-        operation["requestBody"] = json!({
-            "required": true,
-            "content": {"application/json": {"schema": schema_ref(body)}},
-        });
-    }
-    match route.access {
-        Access::AccessToken => operation["security"] = json!([{"accessToken": []}]),
-        Access::RefreshToken => operation["security"] = json!([{"refreshToken": []}]),
-        Access::Anonymous | Access::Operational => {}
-    }
-    operation
+    json!({"schemas": schemas, "securitySchemes": security_schemes})
 }
 
 fn operation_id(route: &PublicRoute) -> String {
@@ -127,126 +156,6 @@ fn operation_id(route: &PublicRoute) -> String {
         }
     }
     id
-}
-
-fn schema_ref(name: &str) -> Value {
-    json!({"$ref": format!("#/components/schemas/{name}")})
-}
-
-fn success_response(status: u16, returns: Returns) -> Value {
-    let data = match returns {
-        Returns::One(name) => schema_ref(name),
-        Returns::List(name) => json!({"type": "array", "items": schema_ref(name)}),
-        Returns::Nothing => json!({}),
-        Returns::Raw(media_type) => {
-            return json!({"description": "OK", "content": {media_type: {}}});
-        }
-    };
-    json!({
-        "description": reason(status),
-        "content": {"application/json": {"schema": {
-            "type": "object",
-            "required": ["statusCode", "data"],
-            "properties": {"statusCode": {"type": "integer", "const": status}, "data": data},
-        }}},
-    })
-}
-
-fn error_response(status: u16) -> Value {
-    let mut response = json!({
-        "description": reason(status),
-        "content": {"application/json": {"schema": schema_ref("Error")}},
-    });
-    if status == 429 {
-        response["headers"] = json!({"Retry-After": {
-            "description": "seconds until a request will be accepted again",
-            "schema": {"type": "integer"},
-        }});
-    }
-    response
-}
-
-fn reason(status: u16) -> &'static str {
-    axum::http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Response")
-}
-
-fn schemas() -> Value {
-    let string = json!({"type": "string"});
-    let nullable = json!({"type": ["string", "null"]});
-    let uuid = json!({"type": "string", "format": "uuid"});
-    let time = json!({"type": "string", "format": "date-time"});
-    let user_properties = json!({
-        "id": uuid, "email": {"type": "string", "format": "email"}, "username": string,
-        "displayName": nullable, "bio": nullable, "avatarUrl": nullable,
-        "createdAt": time, "updatedAt": time,
-    });
-    let mut public_properties = user_properties.clone();
-    if let Value::Object(properties) = &mut public_properties {
-        for count in ["followersCount", "followingCount", "postsCount"] {
-            properties.insert(count.to_owned(), json!({"type": "integer", "minimum": 0}));
-        }
-    }
-    json!({
-        "Error": {"type": "object", "required": ["statusCode", "message", "error"], "properties": {
-            "statusCode": {"type": "integer"},
-            "message": {"description": "what is wrong (a string, or a list of strings)"},
-            "error": {"type": "string", "description": "the status's reason phrase"},
-        }},
-        "User": {"type": "object", "properties": user_properties},
-        "PublicProfile": {"type": "object", "description":
-            "A user with counts; `email` is only shown to its owner", "properties": public_properties},
-        "Post": {"type": "object", "properties": {
-            "_id": string, "userId": uuid, "caption": nullable,
-            "mediaUrl": {"type": "string", "format": "uri"}, "createdAt": time, "updatedAt": time,
-        }},
-        "Notification": {"type": "object", "properties": {
-            "_id": string, "userId": uuid, "type": {"type": "string", "enum": ["follow", "post_created"]},
-            "message": string,
-            "data": {"type": "object", "description":
-                "`{followerId}` for follow, `{authorId, postId, caption, mediaUrl}` for post_created"},
-            "read": {"type": "boolean"}, "createdAt": time, "updatedAt": time,
-        }},
-        "TokenPair": {"type": "object", "required": ["accessToken", "refreshToken"], "properties": {
-            "accessToken": string, "refreshToken": string,
-        }},
-        "AuthResult": {"type": "object", "required": ["accessToken", "refreshToken"], "properties": {
-            "accessToken": string, "refreshToken": string, "user": schema_ref("User"),
-        }},
-        "UnreadCount": {"type": "object", "required": ["count"], "properties": {
-            "count": {"type": "integer", "minimum": 0},
-        }},
-        "RealtimeTicket": {"type": "object", "description":
-            "A one-time ticket for `/realtime/ws?ticket=` or `/realtime/sse?ticket=` on the hub"},
-        "RegisterRequest": {"type": "object", "additionalProperties": false,
-            "required": ["email", "password"], "properties": {
-                "email": {"type": "string", "format": "email"}, "password": string, "username": string,
-            }},
-        "LoginRequest": {"type": "object", "additionalProperties": false,
-            "required": ["email", "password"], "properties": {
-                "email": {"type": "string", "format": "email"}, "password": string,
-            }},
-        "DeleteAccountRequest": {"type": "object", "additionalProperties": false,
-            "required": ["password"], "properties": {"password": string}},
-        "ChangePasswordRequest": {"type": "object", "additionalProperties": false,
-            "required": ["currentPassword", "newPassword"], "properties": {
-                "currentPassword": string, "newPassword": {"type": "string", "minLength": 8},
-            }},
-        "UpdateProfileRequest": {"type": "object", "additionalProperties": false, "properties": {
-            "username": string, "displayName": nullable, "bio": nullable, "avatarUrl": nullable,
-        }},
-        "FollowRequest": {"type": "object", "additionalProperties": false,
-            "required": ["userIdToFollow"], "properties": {"userIdToFollow": uuid}},
-        "UnfollowRequest": {"type": "object", "additionalProperties": false,
-            "required": ["userIdToUnfollow"], "properties": {"userIdToUnfollow": uuid}},
-        "CreatePostRequest": {"type": "object", "additionalProperties": false,
-            "required": ["mediaUrl"], "properties": {
-                "caption": {"type": "string", "maxLength": 2200},
-                "mediaUrl": {"type": "string", "format": "uri"},
-            }},
-    })
 }
 
 const SWAGGER_UI_JS: &str = include_str!("../assets/swagger-ui-bundle.js");
@@ -347,6 +256,73 @@ mod tests {
             }
             Value::Array(items) => items.iter().for_each(|v| collect_refs(v, refs)),
             _ => {}
+        }
+    }
+
+    /// Every forwarded route is an operation of its service, behind the same credential, and
+    /// every operation a service describes is a route of the gateway.
+    #[test]
+    fn the_table_and_the_service_documents_agree() {
+        let services = service_documents();
+        for route in PUBLIC_ROUTES {
+            let Target::Upstream(upstream) = route.target else {
+                continue;
+            };
+            let (_, document) = services.iter().find(|(s, _)| *s == upstream).unwrap();
+            let operation = service_operation(document, route).unwrap_or_else(|| {
+                panic!(
+                    "{} {} is not in {upstream:?}'s document",
+                    route.method, route.path
+                )
+            });
+            let scheme = operation["security"][0]
+                .as_object()
+                .and_then(|s| s.keys().next().cloned());
+            let expected = match route.access {
+                Access::AccessToken => Some("accessToken"),
+                Access::RefreshToken => Some("refreshToken"),
+                Access::Anonymous | Access::Operational => None,
+            };
+            assert_eq!(
+                scheme.as_deref(),
+                expected,
+                "{} {}",
+                route.method,
+                route.path
+            );
+        }
+        for (upstream, document) in &services {
+            let paths = document["paths"].as_object().expect("paths");
+            for (path, item) in paths {
+                for method in item.as_object().expect("path item").keys() {
+                    assert!(
+                        PUBLIC_ROUTES.iter().any(|r| r.path == path
+                            && r.method.as_str().eq_ignore_ascii_case(method)
+                            && r.target == Target::Upstream(*upstream)),
+                        "{upstream:?} describes {method} {path}, which the gateway does not route"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Two services never describe the same schema name differently.
+    #[test]
+    fn schema_names_mean_one_thing() {
+        let services = service_documents();
+        let mut seen: Map<String, Value> = Map::new();
+        for (upstream, document) in &services {
+            for (name, schema) in document["components"]["schemas"]
+                .as_object()
+                .expect("schemas")
+            {
+                if let Some(earlier) = seen.insert(name.clone(), schema.clone()) {
+                    assert_eq!(
+                        &earlier, schema,
+                        "{upstream:?} describes {name} differently"
+                    );
+                }
+            }
         }
     }
 

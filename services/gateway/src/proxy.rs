@@ -31,7 +31,7 @@ use hyper_util::{
 use instaclone_shared::auth::INTERNAL_TOKEN_HEADER;
 use tower::ServiceExt;
 
-use crate::{GatewayError, routes::Upstream};
+use crate::{error::GatewayError, routes::Upstream};
 
 /// How long opening a connection to a service may take, at most.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

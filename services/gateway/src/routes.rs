@@ -41,10 +41,21 @@ impl Upstream {
 /// Who answers a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// Forwarded to this service, path and query unchanged.
+    /// Forwarded to this service, path and query unchanged. The service's own OpenAPI document
+    /// describes the operation (see [`crate::openapi`]).
     Upstream(Upstream),
-    /// Answered by the gateway itself (health, metrics, docs).
-    Gateway,
+    /// Answered by the gateway itself (health, metrics, docs), described here.
+    Gateway(GatewayDoc),
+}
+
+/// How the OpenAPI document describes one of the gateway's own routes. None of them answers the
+/// JSON envelope: each is described by its media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayDoc {
+    pub summary: &'static str,
+    pub media_type: &'static str,
+    /// Statuses the route answers besides 200.
+    pub errors: &'static [u16],
 }
 
 /// What the caller must present.
@@ -73,37 +84,6 @@ pub enum FeedCache {
     Invalidates,
 }
 
-/// What a success response carries inside the envelope's `data`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Returns {
-    /// One object of this component schema.
-    One(&'static str),
-    /// An array of this component schema.
-    List(&'static str),
-    /// Not the JSON envelope (documents, metrics, health); described by the media type.
-    Raw(&'static str),
-    /// `data` carries nothing a client needs.
-    Nothing,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct QueryParam {
-    pub name: &'static str,
-    pub description: &'static str,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct RouteDoc {
-    pub summary: &'static str,
-    pub query: &'static [QueryParam],
-    /// Component schema of the JSON request body.
-    pub body: Option<&'static str>,
-    pub success: u16,
-    pub returns: Returns,
-    /// Statuses the route answers besides success and the gateway's own (401, 429, 502, 504).
-    pub errors: &'static [u16],
-}
-
 #[derive(Debug, Clone)]
 pub struct PublicRoute {
     pub method: Method,
@@ -112,96 +92,40 @@ pub struct PublicRoute {
     pub target: Target,
     pub access: Access,
     pub feed_cache: FeedCache,
-    pub doc: RouteDoc,
 }
-
-const PAGE: &[QueryParam] = &[
-    QueryParam {
-        name: "limit",
-        description: "page size (the service caps it)",
-    },
-    QueryParam {
-        name: "cursor",
-        description: "id of the last item of the previous page",
-    },
-];
-const BEFORE: &[QueryParam] = &[
-    QueryParam {
-        name: "limit",
-        description: "page size (the service caps it)",
-    },
-    QueryParam {
-        name: "before",
-        description: "id of the last item of the previous page",
-    },
-];
-const NOTIFICATIONS_QUERY: &[QueryParam] = &[
-    QueryParam {
-        name: "limit",
-        description: "page size (the service caps it)",
-    },
-    QueryParam {
-        name: "before",
-        description: "id of the last notification of the previous page",
-    },
-    QueryParam {
-        name: "unread",
-        description: "`true`: only unread notifications",
-    },
-];
-const SEARCH_QUERY: &[QueryParam] = &[
-    QueryParam {
-        name: "q",
-        description: "username or display-name prefix",
-    },
-    QueryParam {
-        name: "limit",
-        description: "page size (the service caps it)",
-    },
-];
 
 const fn route(
     method: Method,
     path: &'static str,
-    target: Target,
+    upstream: Upstream,
     access: Access,
-    doc: RouteDoc,
 ) -> PublicRoute {
     PublicRoute {
         method,
         path,
-        target,
+        target: Target::Upstream(upstream),
         access,
         feed_cache: FeedCache::Unrelated,
-        doc,
     }
 }
 
-const fn doc(summary: &'static str, success: u16, returns: Returns) -> RouteDoc {
-    RouteDoc {
-        summary,
-        query: &[],
-        body: None,
-        success,
-        returns,
-        errors: &[],
+const fn own(
+    path: &'static str,
+    summary: &'static str,
+    media_type: &'static str,
+    errors: &'static [u16],
+) -> PublicRoute {
+    PublicRoute {
+        method: Method::GET,
+        path,
+        target: Target::Gateway(GatewayDoc {
+            summary,
+            media_type,
+            errors,
+        }),
+        access: Access::Operational,
+        feed_cache: FeedCache::Unrelated,
     }
-}
-
-const fn with_body(mut doc: RouteDoc, body: &'static str, errors: &'static [u16]) -> RouteDoc {
-    doc.body = Some(body);
-    doc.errors = errors;
-    doc
-}
-
-const fn with_query(mut doc: RouteDoc, query: &'static [QueryParam]) -> RouteDoc {
-    doc.query = query;
-    doc
-}
-
-const fn with_errors(mut doc: RouteDoc, errors: &'static [u16]) -> RouteDoc {
-    doc.errors = errors;
-    doc
 }
 
 const fn feed(mut route: PublicRoute, role: FeedCache) -> PublicRoute {
@@ -209,406 +133,90 @@ const fn feed(mut route: PublicRoute, role: FeedCache) -> PublicRoute {
     route
 }
 
-use Access::{AccessToken, Anonymous, Operational, RefreshToken};
-use Returns::{List, Nothing, One, Raw};
+use Access::{AccessToken, Anonymous, RefreshToken};
 use Upstream::{Auth, Hub, Notifications, Posts, Users};
-
-const fn to(upstream: Upstream) -> Target {
-    Target::Upstream(upstream)
-}
 
 /// Every public route, in the order of the design's table.
 pub const PUBLIC_ROUTES: &[PublicRoute] = &[
-    route(
-        Method::POST,
-        "/auth/register",
-        to(Auth),
-        Anonymous,
-        with_body(
-            doc("Create an account and log in", 201, One("AuthResult")),
-            "RegisterRequest",
-            &[400, 409],
-        ),
-    ),
-    route(
-        Method::POST,
-        "/auth/login",
-        to(Auth),
-        Anonymous,
-        with_body(
-            doc("Log in with email and password", 200, One("AuthResult")),
-            "LoginRequest",
-            &[400],
-        ),
-    ),
-    route(
-        Method::POST,
-        "/auth/refresh",
-        to(Auth),
-        RefreshToken,
-        doc(
-            "Exchange the refresh token (as bearer) for a new pair; each refresh token works once",
-            200,
-            One("TokenPair"),
-        ),
-    ),
-    route(
-        Method::POST,
-        "/auth/logout",
-        to(Auth),
-        AccessToken,
-        doc(
-            "End this session: its refresh token stops working",
-            200,
-            Nothing,
-        ),
-    ),
-    route(
-        Method::POST,
-        "/auth/logout-all",
-        to(Auth),
-        AccessToken,
-        doc(
-            "End every session of the caller: no refresh token works any more and live realtime \
-             connections close (4004)",
-            200,
-            Nothing,
-        ),
-    ),
-    route(
-        Method::POST,
-        "/auth/password",
-        to(Auth),
-        AccessToken,
-        with_body(
-            doc(
-                "Change the password (the current one is required): every session ends, the \
-                 caller gets a new one",
-                200,
-                One("TokenPair"),
-            ),
-            "ChangePasswordRequest",
-            &[400, 403, 429],
-        ),
-    ),
-    route(
-        Method::DELETE,
-        "/auth/account",
-        to(Auth),
-        AccessToken,
-        with_body(
-            doc(
-                "Delete the caller's account (the password is required): its follows, posts and \
-                 notifications go, every session ends and live connections close",
-                200,
-                Nothing,
-            ),
-            "DeleteAccountRequest",
-            &[400, 403, 429],
-        ),
-    ),
-    route(
-        Method::GET,
-        "/users/me",
-        to(Users),
-        AccessToken,
-        doc("The caller's own profile", 200, One("User")),
-    ),
-    route(
-        Method::PATCH,
-        "/users/me",
-        to(Users),
-        AccessToken,
-        with_body(
-            doc("Update the caller's profile", 200, One("User")),
-            "UpdateProfileRequest",
-            &[400, 409],
-        ),
-    ),
-    route(
-        Method::GET,
-        "/users/search",
-        to(Users),
-        AccessToken,
-        with_errors(
-            with_query(
-                doc(
-                    "Users by username or display-name prefix and similarity",
-                    200,
-                    List("PublicProfile"),
-                ),
-                SEARCH_QUERY,
-            ),
-            &[400],
-        ),
-    ),
+    route(Method::POST, "/auth/register", Auth, Anonymous),
+    route(Method::POST, "/auth/login", Auth, Anonymous),
+    route(Method::POST, "/auth/refresh", Auth, RefreshToken),
+    route(Method::POST, "/auth/logout", Auth, AccessToken),
+    route(Method::POST, "/auth/logout-all", Auth, AccessToken),
+    route(Method::POST, "/auth/password", Auth, AccessToken),
+    route(Method::DELETE, "/auth/account", Auth, AccessToken),
+    route(Method::GET, "/users/me", Users, AccessToken),
+    route(Method::PATCH, "/users/me", Users, AccessToken),
+    route(Method::GET, "/users/search", Users, AccessToken),
     feed(
-        route(
-            Method::POST,
-            "/users/follow",
-            to(Users),
-            AccessToken,
-            with_body(
-                doc("Follow a user", 201, Nothing),
-                "FollowRequest",
-                &[400, 404, 409],
-            ),
-        ),
+        route(Method::POST, "/users/follow", Users, AccessToken),
         FeedCache::Invalidates,
     ),
     feed(
-        route(
-            Method::POST,
-            "/users/unfollow",
-            to(Users),
-            AccessToken,
-            with_body(
-                doc("Stop following a user", 200, Nothing),
-                "UnfollowRequest",
-                &[400, 404],
-            ),
-        ),
+        route(Method::POST, "/users/unfollow", Users, AccessToken),
         FeedCache::Invalidates,
     ),
-    route(
-        Method::GET,
-        "/users/following",
-        to(Users),
-        AccessToken,
-        with_query(
-            doc("Users the caller follows", 200, List("PublicProfile")),
-            PAGE,
-        ),
-    ),
-    route(
-        Method::GET,
-        "/users/followers",
-        to(Users),
-        AccessToken,
-        with_query(
-            doc("Users following the caller", 200, List("PublicProfile")),
-            PAGE,
-        ),
-    ),
-    route(
-        Method::GET,
-        "/users/{id}",
-        to(Users),
-        AccessToken,
-        with_errors(
-            doc(
-                "A user's public profile with follower, following and post counts",
-                200,
-                One("PublicProfile"),
-            ),
-            &[400, 404],
-        ),
-    ),
-    route(
-        Method::GET,
-        "/users/{id}/followers",
-        to(Users),
-        AccessToken,
-        with_errors(
-            with_query(
-                doc("Users following this user", 200, List("PublicProfile")),
-                PAGE,
-            ),
-            &[400, 404],
-        ),
-    ),
-    route(
-        Method::GET,
-        "/users/{id}/following",
-        to(Users),
-        AccessToken,
-        with_errors(
-            with_query(
-                doc("Users this user follows", 200, List("PublicProfile")),
-                PAGE,
-            ),
-            &[400, 404],
-        ),
-    ),
-    route(
-        Method::GET,
-        "/users/{id}/posts",
-        to(Posts),
-        AccessToken,
-        with_errors(
-            with_query(
-                doc("This user's posts, newest first", 200, List("Post")),
-                BEFORE,
-            ),
-            &[400],
-        ),
-    ),
+    route(Method::GET, "/users/following", Users, AccessToken),
+    route(Method::GET, "/users/followers", Users, AccessToken),
+    route(Method::GET, "/users/{id}", Users, AccessToken),
+    route(Method::GET, "/users/{id}/followers", Users, AccessToken),
+    route(Method::GET, "/users/{id}/following", Users, AccessToken),
+    route(Method::GET, "/users/{id}/posts", Posts, AccessToken),
     feed(
-        route(
-            Method::POST,
-            "/posts",
-            to(Posts),
-            AccessToken,
-            with_body(
-                doc("Publish a post", 201, One("Post")),
-                "CreatePostRequest",
-                &[400],
-            ),
-        ),
+        route(Method::POST, "/posts", Posts, AccessToken),
         FeedCache::Invalidates,
     ),
     feed(
-        route(
-            Method::GET,
-            "/posts/feed",
-            to(Posts),
-            AccessToken,
-            with_errors(
-                with_query(
-                    doc(
-                        "Home feed: the caller's and followed users' posts, newest first",
-                        200,
-                        List("Post"),
-                    ),
-                    BEFORE,
-                ),
-                &[400],
-            ),
-        ),
+        route(Method::GET, "/posts/feed", Posts, AccessToken),
         FeedCache::Serves,
     ),
-    route(
-        Method::GET,
-        "/posts/me",
-        to(Posts),
-        AccessToken,
-        with_errors(
-            with_query(
-                doc("The caller's posts, newest first", 200, List("Post")),
-                BEFORE,
-            ),
-            &[400],
-        ),
-    ),
-    route(
-        Method::GET,
-        "/posts/{id}",
-        to(Posts),
-        AccessToken,
-        with_errors(doc("One post", 200, One("Post")), &[400, 404]),
-    ),
+    route(Method::GET, "/posts/me", Posts, AccessToken),
+    route(Method::GET, "/posts/{id}", Posts, AccessToken),
     feed(
-        route(
-            Method::DELETE,
-            "/posts/{id}",
-            to(Posts),
-            AccessToken,
-            with_errors(
-                doc("Delete a post (its author only)", 200, Nothing),
-                &[400, 403, 404],
-            ),
-        ),
+        route(Method::DELETE, "/posts/{id}", Posts, AccessToken),
         FeedCache::Invalidates,
     ),
-    route(
-        Method::GET,
-        "/notifications/my",
-        to(Notifications),
-        AccessToken,
-        with_errors(
-            with_query(
-                doc(
-                    "The caller's notifications, newest first",
-                    200,
-                    List("Notification"),
-                ),
-                NOTIFICATIONS_QUERY,
-            ),
-            &[400],
-        ),
-    ),
+    route(Method::GET, "/notifications/my", Notifications, AccessToken),
     route(
         Method::GET,
         "/notifications/unread-count",
-        to(Notifications),
+        Notifications,
         AccessToken,
-        doc("How many notifications are unread", 200, One("UnreadCount")),
     ),
     route(
         Method::POST,
         "/notifications/{id}/read",
-        to(Notifications),
+        Notifications,
         AccessToken,
-        with_errors(doc("Mark one notification read", 200, Nothing), &[400, 404]),
     ),
     route(
         Method::POST,
         "/notifications/read-all",
-        to(Notifications),
+        Notifications,
         AccessToken,
-        doc("Mark every notification read", 200, Nothing),
     ),
-    route(
-        Method::POST,
-        "/realtime/ticket",
-        to(Hub),
-        AccessToken,
-        doc(
-            "A one-time, short-lived ticket for the realtime hub's WebSocket/SSE URL",
-            200,
-            One("RealtimeTicket"),
-        ),
-    ),
-    route(
-        Method::GET,
-        "/openapi.json",
-        Target::Gateway,
-        Operational,
-        doc("This document", 200, Raw("application/json")),
-    ),
-    route(
-        Method::GET,
-        "/api",
-        Target::Gateway,
-        Operational,
-        doc("Swagger UI for this document", 200, Raw("text/html")),
-    ),
-    route(
-        Method::GET,
+    route(Method::POST, "/realtime/ticket", Hub, AccessToken),
+    own("/openapi.json", "This document", "application/json", &[]),
+    own("/api", "Swagger UI for this document", "text/html", &[]),
+    own(
         "/health",
-        Target::Gateway,
-        Operational,
-        doc("The gateway process is alive", 200, Raw("application/json")),
+        "The gateway process is alive",
+        "application/json",
+        &[],
     ),
-    route(
-        Method::GET,
+    own(
         "/ready",
-        Target::Gateway,
-        Operational,
-        with_errors(
-            doc(
-                "The gateway's backing services answer (503 names those that do not)",
-                200,
-                Raw("application/json"),
-            ),
-            &[503],
-        ),
+        "The gateway's backing services answer (503 names those that do not)",
+        "application/json",
+        &[503],
     ),
-    route(
-        Method::GET,
+    own(
         "/metrics",
-        Target::Gateway,
-        Operational,
-        with_errors(
-            doc(
-                "Prometheus metrics: requests by route and status, latency histograms. Needs the \
-                 service credential (`Authorization: Bearer <INTERNAL_TOKEN>`) unless the \
-                 deployment sets METRICS_ACCESS=public",
-                200,
-                Raw("text/plain"),
-            ),
-            &[401],
-        ),
+        "Prometheus metrics: requests by route and status, latency histograms. Needs the service \
+         credential (`Authorization: Bearer <INTERNAL_TOKEN>`) unless the deployment sets \
+         METRICS_ACCESS=public",
+        "text/plain",
+        &[401],
     ),
 ];
 
@@ -643,7 +251,7 @@ mod tests {
     fn only_register_login_refresh_and_gateway_routes_skip_the_access_token() {
         let open: Vec<&str> = PUBLIC_ROUTES
             .iter()
-            .filter(|r| r.access != Access::AccessToken && r.target != Target::Gateway)
+            .filter(|r| r.access != Access::AccessToken && matches!(r.target, Target::Upstream(_)))
             .map(|r| r.path)
             .collect();
         assert_eq!(open, ["/auth/register", "/auth/login", "/auth/refresh"]);

@@ -3,6 +3,7 @@
 //! that does not exist), an unreachable MongoDB is a 503 with `Retry-After`, and anything else on
 //! the server side is a 500 whose cause is only logged.
 
+use axum::response::{IntoResponse, Response};
 use instaclone_shared::{http::ApiError, unreachable::Unreachable};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,12 @@ impl From<NotificationsError> for ApiError {
                 ApiError::internal(error)
             }
         }
+    }
+}
+
+impl IntoResponse for NotificationsError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
     }
 }
 

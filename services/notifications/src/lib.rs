@@ -45,11 +45,11 @@ pub async fn build(
     let broker = BrokerStatus::default();
     let router = service_router(
         SERVICE_NAME,
-        axum::Router::new().merge(routes::router(AppState {
+        routes::router().with_state(AppState {
             store,
             verifier,
             publisher: EventPublisher::new(settings.amqp.clone()),
-        })),
+        }),
         vec![
             Dependency::Mongo(mongo),
             Dependency::RabbitMq {

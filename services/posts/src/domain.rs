@@ -70,6 +70,12 @@ impl MediaUrl {
                 "mediaUrl must not have leading or trailing whitespace",
             ));
         }
+        if !instaclone_shared::web_url::is_valid(&raw) {
+            return Err(invalid(
+                "mediaUrl must be an http or https URL with a DNS host name and URL-safe \
+                 characters only",
+            ));
+        }
         let url = reqwest::Url::parse(&raw)
             .map_err(|e| invalid(format!("mediaUrl is not a valid URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {

@@ -5,6 +5,7 @@
 //! its outbox entry are one write, so a refused write left nothing behind. Other failures are a
 //! 500 whose cause is logged and never shown.
 
+use axum::response::{IntoResponse, Response};
 use instaclone_shared::{clients::ClientError, http::ApiError, unreachable::Unreachable};
 
 use crate::domain::ValidationError;
@@ -60,5 +61,11 @@ impl From<PostsError> for ApiError {
                 ApiError::internal(error)
             }
         }
+    }
+}
+
+impl IntoResponse for PostsError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
     }
 }

@@ -94,7 +94,7 @@ pub async fn build(
     let broker = BrokerStatus::default();
     let router = service_router(
         SERVICE_NAME,
-        routes::router(state),
+        routes::router().with_state(state),
         vec![
             Dependency::Mongo(mongo),
             Dependency::Redis(redis),

@@ -10,14 +10,15 @@
 use axum::{
     Router,
     extract::{FromRef, State},
-    routing::{get, post},
 };
 use instaclone_shared::{
     auth::{AuthUser, TokenVerifier},
-    http::{ApiError, ApiJson, ApiPath, ApiQuery, Envelope},
+    http::{ApiJson, ApiPath, ApiQuery, Envelope},
     outbox::RelayWaker,
 };
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
@@ -28,8 +29,8 @@ use crate::{
     timeline::{self, HomeTimelines},
 };
 
-/// What every handler shares.
-#[derive(Clone)]
+/// What every handler shares. Cheap to clone (every field is a handle).
+#[derive(Clone, FromRef)]
 pub struct AppState {
     pub store: PostStore,
     pub feed: HomeFeed,
@@ -38,34 +39,51 @@ pub struct AppState {
     pub relay_waker: RelayWaker,
 }
 
-impl FromRef<AppState> for TokenVerifier {
-    fn from_ref(state: &AppState) -> Self {
-        state.verifier.clone()
-    }
+/// The service's public routes; the crate root gives them their state.
+pub fn router() -> Router<AppState> {
+    api().split_for_parts().0
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/posts", post(create_post))
-        .route("/posts/me", get(my_posts))
-        .route("/posts/feed", get(home_feed))
-        .route("/posts/{id}", get(get_post).delete(delete_post))
-        .route("/users/{id}/posts", get(user_posts))
-        .with_state(state)
+/// The routes and their description, from the same declarations.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_post))
+        .routes(routes!(my_posts))
+        .routes(routes!(home_feed))
+        .routes(routes!(get_post, delete_post))
+        .routes(routes!(user_posts))
 }
 
-#[derive(Debug, Deserialize)]
+/// The service's finished OpenAPI document (see [`instaclone_shared::openapi`]).
+pub fn openapi() -> serde_json::Value {
+    instaclone_shared::openapi::finish("posts", api().into_openapi())
+}
+
+/// A new post; its author is the caller.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CreatePostBody {
     #[serde(default)]
+    #[schema(max_length = 2200)]
     caption: Option<String>,
+    /// An absolute `http` or `https` URL (see `instaclone_shared::web_url`).
+    #[schema(
+        max_length = 2048,
+        pattern = r"^https?://([A-Za-z0-9]+(-[A-Za-z0-9]+)*\.)*[A-Za-z][A-Za-z0-9]*(-[A-Za-z0-9]+)*(:[0-9]{1,4})?(/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?(\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?(#[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$"
+    )]
     media_url: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// One page of a post list, newest first.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Page size (20 when absent).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
+    /// Id of the last post of the previous page.
+    #[param(pattern = "^[0-9a-fA-F]{24}$")]
     before: Option<String>,
 }
 
@@ -75,23 +93,19 @@ impl PageQuery {
     }
 }
 
+/// Publish a post.
+#[utoipa::path(post, path = "/posts", tag = "posts", security(("accessToken" = [])),
+    request_body = CreatePostBody,
+    responses((status = 201, description = "The new post", body = PostView)))]
 #[tracing::instrument(skip(state, body), fields(user = %user.id))]
 async fn create_post(
     State(state): State<AppState>,
     user: AuthUser,
     ApiJson(body): ApiJson<CreatePostBody>,
-) -> Result<Envelope<PostView>, ApiError> {
-    let caption = body
-        .caption
-        .map(Caption::parse)
-        .transpose()
-        .map_err(PostsError::from)?;
-    let media_url = MediaUrl::parse(body.media_url).map_err(PostsError::from)?;
-    let created = state
-        .store
-        .create(user.id, caption, media_url)
-        .await
-        .map_err(PostsError::from)?;
+) -> Result<Envelope<PostView>, PostsError> {
+    let caption = body.caption.map(Caption::parse).transpose()?;
+    let media_url = MediaUrl::parse(body.media_url)?;
+    let created = state.store.create(user.id, caption, media_url).await?;
     state.relay_waker.wake();
     remember_created(&state.feed.timelines, &created).await;
     Ok(Envelope::created(created))
@@ -114,32 +128,42 @@ async fn remember_created(timelines: &HomeTimelines, created: &PostView) {
     }
 }
 
+/// One post.
+#[utoipa::path(get, path = "/posts/{id}", tag = "posts", security(("accessToken" = [])),
+    params(("id" = String, Path, description = "The post's id", pattern = "^[0-9a-fA-F]{24}$")),
+    responses(
+        (status = 200, description = "The post", body = PostView),
+        (status = 404, description = "No such post"),
+    ))]
 #[tracing::instrument(skip(state), fields(user = %user.id))]
 async fn get_post(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(id): ApiPath<String>,
-) -> Result<Envelope<PostView>, ApiError> {
-    let id = PostId::parse(&id).map_err(PostsError::from)?;
-    match state.store.get(id).await.map_err(PostsError::from)? {
+) -> Result<Envelope<PostView>, PostsError> {
+    let id = PostId::parse(&id)?;
+    match state.store.get(id).await? {
         Some(post) => Ok(Envelope::ok(post)),
-        None => Err(PostsError::NotFound.into()),
+        None => Err(PostsError::NotFound),
     }
 }
 
+/// Delete a post (its author only).
+#[utoipa::path(delete, path = "/posts/{id}", tag = "posts", security(("accessToken" = [])),
+    params(("id" = String, Path, description = "The post's id", pattern = "^[0-9a-fA-F]{24}$")),
+    responses(
+        (status = 200, description = "The deleted post", body = PostView),
+        (status = 403, description = "The caller is not the post's author"),
+        (status = 404, description = "No such post"),
+    ))]
 #[tracing::instrument(skip(state), fields(user = %user.id))]
 async fn delete_post(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(id): ApiPath<String>,
-) -> Result<Envelope<PostView>, ApiError> {
-    let id = PostId::parse(&id).map_err(PostsError::from)?;
-    match state
-        .store
-        .delete(id, user.id)
-        .await
-        .map_err(PostsError::from)?
-    {
+) -> Result<Envelope<PostView>, PostsError> {
+    let id = PostId::parse(&id)?;
+    match state.store.delete(id, user.id).await? {
         DeleteOutcome::Deleted(post) => {
             state.relay_waker.wake();
             // From now on no feed page serves it; `post.deleted` repeats this and cleans the
@@ -149,54 +173,83 @@ async fn delete_post(
             }
             Ok(Envelope::ok(post))
         }
-        DeleteOutcome::NotFound => Err(PostsError::NotFound.into()),
-        DeleteOutcome::NotAuthor => Err(PostsError::NotAuthor.into()),
+        DeleteOutcome::NotFound => Err(PostsError::NotFound),
+        DeleteOutcome::NotAuthor => Err(PostsError::NotAuthor),
     }
 }
 
+/// The caller's posts, newest first.
+#[utoipa::path(get, path = "/posts/me", tag = "posts", security(("accessToken" = [])),
+    params(PageQuery),
+    responses((status = 200, description = "A page of the caller's posts", body = Vec<PostView>)))]
 #[tracing::instrument(skip(state), fields(user = %user.id))]
 async fn my_posts(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(query): ApiQuery<PageQuery>,
-) -> Result<Envelope<Vec<PostView>>, ApiError> {
-    let page = query.parse().map_err(PostsError::from)?;
-    let posts = state
-        .store
-        .page_by_authors(&[user.id], page)
-        .await
-        .map_err(PostsError::from)?;
+) -> Result<Envelope<Vec<PostView>>, PostsError> {
+    let page = query.parse()?;
+    let posts = state.store.page_by_authors(&[user.id], page).await?;
     Ok(Envelope::ok(posts))
 }
 
+/// This user's posts, newest first.
+#[utoipa::path(get, path = "/users/{id}/posts", tag = "posts", security(("accessToken" = [])),
+    params(("id" = Uuid, Path, description = "The author's user id"), PageQuery),
+    responses((status = 200, description = "A page of the user's posts", body = Vec<PostView>)))]
 #[tracing::instrument(skip(state), fields(user = %user.id))]
 async fn user_posts(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(author): ApiPath<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
-) -> Result<Envelope<Vec<PostView>>, ApiError> {
+) -> Result<Envelope<Vec<PostView>>, PostsError> {
     let author = Uuid::parse_str(&author).map_err(|_| {
         PostsError::from(ValidationError(format!(
             "`{author}` is not a valid user id (a UUID)"
         )))
     })?;
-    let page = query.parse().map_err(PostsError::from)?;
-    let posts = state
-        .store
-        .page_by_authors(&[author], page)
-        .await
-        .map_err(PostsError::from)?;
+    let page = query.parse()?;
+    let posts = state.store.page_by_authors(&[author], page).await?;
     Ok(Envelope::ok(posts))
 }
 
+/// Home feed: the caller's and followed users' posts, newest first.
+#[utoipa::path(get, path = "/posts/feed", tag = "posts", security(("accessToken" = [])),
+    params(PageQuery),
+    responses((status = 200, description = "A page of the home feed", body = Vec<PostView>)))]
 #[tracing::instrument(skip(state), fields(user = %user.id))]
 async fn home_feed(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(query): ApiQuery<PageQuery>,
-) -> Result<Envelope<Vec<FeedPost>>, ApiError> {
-    let page = query.parse().map_err(PostsError::from)?;
+) -> Result<Envelope<Vec<FeedPost>>, PostsError> {
+    let page = query.parse()?;
     let posts = state.feed.page(user.id, page).await?;
     Ok(Envelope::ok(posts))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_gateways_copy_of_the_openapi_document_is_current() {
+        instaclone_shared::openapi::assert_gateway_copy_is_current("posts", &super::openapi());
+    }
+
+    /// Attribute values must be literals: the document states the domain's limits.
+    #[test]
+    fn the_documented_limits_are_the_domains() {
+        use crate::domain::{MAX_CAPTION_CHARS, MAX_MEDIA_URL_CHARS, MAX_PAGE_SIZE};
+        let document = super::openapi();
+        let body = &document["components"]["schemas"]["CreatePostBody"]["properties"];
+        assert_eq!(body["caption"]["maxLength"], MAX_CAPTION_CHARS);
+        assert_eq!(body["mediaUrl"]["maxLength"], MAX_MEDIA_URL_CHARS);
+        assert_eq!(
+            body["mediaUrl"]["pattern"],
+            instaclone_shared::web_url::PATTERN
+        );
+        let limit = &document["paths"]["/posts/feed"]["get"]["parameters"][0];
+        assert_eq!(limit["name"], "limit");
+        assert_eq!(limit["schema"]["maximum"], MAX_PAGE_SIZE);
+    }
 }

@@ -57,10 +57,12 @@ pub const PENDING_EVENTS_INDEX: &str = "pendingSince_1_partial";
 
 /// A post as clients see it: the original's shape `{_id, userId, caption, mediaUrl, createdAt,
 /// updatedAt}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Post)]
 pub struct PostView {
     #[serde(rename = "_id")]
+    #[schema(pattern = "^[0-9a-fA-F]{24}$")]
     pub id: String,
     pub user_id: Uuid,
     pub caption: Option<String>,

@@ -50,13 +50,14 @@ impl Email {
 }
 
 /// 3 to 30 of `[a-z0-9._]`. Upper-case input is accepted and lower-cased, which is what makes
-/// usernames case-insensitively unique.
+/// usernames case-insensitively unique; surrounding spaces are refused like any other character
+/// outside the set (as the OpenAPI pattern says).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Username(String);
 
 impl Username {
     pub fn parse(raw: &str) -> Result<Self, UsersError> {
-        let username = raw.trim().to_lowercase();
+        let username = raw.to_lowercase();
         let length = username.chars().count();
         if !(USERNAME_MIN..=USERNAME_MAX).contains(&length) {
             return Err(UsersError::Invalid(format!(
@@ -130,32 +131,33 @@ impl PasswordHash {
     }
 }
 
-/// Optional free text: trimmed, empty means "none", at most `max` characters, no control
-/// characters other than newlines.
+/// Optional free text: at most `max` characters as sent, no control characters other than
+/// newlines; stored trimmed, and empty (after trimming) means "none".
 pub fn optional_text(
     field: &str,
     raw: Option<&str>,
     max: usize,
 ) -> Result<Option<String>, UsersError> {
-    let Some(text) = raw.map(str::trim).filter(|t| !t.is_empty()) else {
-        return Ok(None);
-    };
-    if text.chars().count() > max {
+    if raw.is_some_and(|raw| raw.chars().count() > max) {
         return Err(UsersError::Invalid(format!(
             "{field} must be at most {max} characters"
         )));
     }
-    if text.chars().any(|c| c.is_control() && c != '\n') {
+    if raw.is_some_and(|raw| raw.chars().any(|c| c.is_control() && c != '\n')) {
         return Err(UsersError::Invalid(format!(
             "{field} must not contain control characters"
         )));
     }
-    Ok(Some(text.to_owned()))
+    Ok(raw
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+        .map(str::to_owned))
 }
 
-/// An absolute http(s) URL, or none.
+/// An absolute http(s) URL of [`instaclone_shared::web_url`]'s grammar, or none (absent or
+/// empty).
 pub fn optional_avatar_url(raw: Option<&str>) -> Result<Option<String>, UsersError> {
-    let Some(url) = raw.map(str::trim).filter(|t| !t.is_empty()) else {
+    let Some(url) = raw.filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
     let invalid = || UsersError::Invalid("avatarUrl must be an absolute http(s) URL".to_owned());
@@ -163,6 +165,9 @@ pub fn optional_avatar_url(raw: Option<&str>) -> Result<Option<String>, UsersErr
         return Err(UsersError::Invalid(format!(
             "avatarUrl must be at most {AVATAR_URL_MAX} characters"
         )));
+    }
+    if !instaclone_shared::web_url::is_valid(url) {
+        return Err(invalid());
     }
     let uri: Uri = url.parse().map_err(|_| invalid())?;
     let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
@@ -173,7 +178,7 @@ pub fn optional_avatar_url(raw: Option<&str>) -> Result<Option<String>, UsersErr
     Ok(Some(url.to_owned()))
 }
 
-/// A search query: trimmed, lower-cased, 1 to 100 characters.
+/// A search query: at most 100 characters as sent, then trimmed and lower-cased, not empty.
 #[derive(Debug, Clone)]
 pub struct SearchQuery(String);
 
@@ -183,7 +188,7 @@ impl SearchQuery {
         if query.is_empty() {
             return Err(UsersError::Invalid("q must not be empty".to_owned()));
         }
-        if query.chars().count() > SEARCH_QUERY_MAX {
+        if raw.chars().count() > SEARCH_QUERY_MAX {
             return Err(UsersError::Invalid(format!(
                 "q must be at most {SEARCH_QUERY_MAX} characters"
             )));

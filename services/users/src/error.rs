@@ -4,6 +4,7 @@
 //! 503 with `Retry-After` (the transaction never committed, so repeating is safe); other database
 //! and serialisation failures become an opaque 500 whose cause is only logged.
 
+use axum::response::{IntoResponse, Response};
 use instaclone_shared::{events::EventError, http::ApiError, unreachable::Unreachable};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,8 @@ pub enum UsersError {
     AlreadyFollowing,
     #[error("You do not follow this user")]
     NotFollowing,
+    /// The cursor names a user who is not (or no longer) in the list: the position it stood
+    /// for is not found, so a 404 (start again without a cursor).
     #[error("cursor is not a position in this list (start again without a cursor)")]
     StaleCursor,
     #[error("database: {0}")]
@@ -36,11 +39,10 @@ pub enum UsersError {
 impl From<UsersError> for ApiError {
     fn from(error: UsersError) -> Self {
         match error {
-            UsersError::Invalid(_)
-            | UsersError::SelfFollow
-            | UsersError::SelfUnfollow
-            | UsersError::StaleCursor => ApiError::bad_request(error.to_string()),
-            UsersError::UserNotFound | UsersError::NotFollowing => {
+            UsersError::Invalid(_) | UsersError::SelfFollow | UsersError::SelfUnfollow => {
+                ApiError::bad_request(error.to_string())
+            }
+            UsersError::UserNotFound | UsersError::NotFollowing | UsersError::StaleCursor => {
                 ApiError::not_found(error.to_string())
             }
             UsersError::EmailTaken | UsersError::UsernameTaken | UsersError::AlreadyFollowing => {
@@ -51,6 +53,12 @@ impl From<UsersError> for ApiError {
             }
             UsersError::Database(_) | UsersError::Event(_) => ApiError::internal(error),
         }
+    }
+}
+
+impl IntoResponse for UsersError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
     }
 }
 

@@ -16,9 +16,9 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::{
-    AppState,
     domain::{Email, PasswordHash, Username, page_limit},
     error::UsersError,
+    routes::AppState,
     store::Direction,
 };
 

@@ -6,19 +6,19 @@
 //! and `user.unfollowed`, and the consumer of `post.created`/`post.deleted` that keeps post
 //! counts. A third, the [`janitor`], deletes old published outbox rows and consumed event ids.
 //!
-//! Public routes are in [`api`], service-to-service routes in [`internal`].
+//! Public routes and the state every handler shares are in [`routes`], service-to-service
+//! routes in [`internal`].
 
-pub mod api;
 pub mod domain;
 pub mod error;
 pub mod internal;
 pub mod janitor;
 pub mod outbox;
 pub mod posts_count;
+pub mod routes;
 pub mod store;
 pub mod views;
 
-use axum::extract::FromRef;
 use instaclone_shared::{
     amqp::{BrokerStatus, EventPublisher, declare_work_queue_at_startup, run_consumer},
     auth::{InternalToken, TokenVerifier},
@@ -31,21 +31,9 @@ use instaclone_shared::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{outbox::PgOutbox, store::Store};
+use crate::{outbox::PgOutbox, routes::AppState, store::Store};
 
 pub const SERVICE_NAME: &str = "users";
-
-/// What every handler can reach.
-#[derive(Clone, FromRef)]
-pub struct AppState {
-    pub store: Store,
-    pub verifier: TokenVerifier,
-    pub internal_token: InternalToken,
-    /// Woken after a follow change commits, so its event goes out at once.
-    pub relay_waker: RelayWaker,
-    /// The follow sets other services read; invalidated after each follow change commits.
-    pub follow_cache: FollowCache,
-}
 
 /// Connects to the backing services, migrates the database and binds the listener; serve with
 /// [`ServiceApp::run_until_stopped`].
@@ -84,7 +72,7 @@ pub async fn build(
     let router = service_router(
         SERVICE_NAME,
         axum::Router::new()
-            .merge(api::router())
+            .merge(routes::router())
             .merge(internal::router())
             .with_state(state),
         vec![

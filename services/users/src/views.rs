@@ -50,11 +50,13 @@ impl UserRow {
 }
 
 /// A user with their counts; other users' emails are left out.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Profile {
     pub id: Uuid,
+    /// Shown to its owner only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = Email)]
     pub email: Option<String>,
     pub username: String,
     pub display_name: Option<String>,
@@ -68,7 +70,7 @@ pub struct Profile {
 }
 
 /// A follow edge, the result of follow and unfollow.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FollowView {
     pub follower_id: Uuid,
