@@ -39,9 +39,9 @@ use futures_util::{StreamExt, stream};
 use instaclone_posts::store::{POSTS_COLLECTION, PostStore};
 use instaclone_shared::{
     auth::{InternalToken, TokenIssuer},
-    clients::{NewUser, UsersClient},
     config::Settings,
     db,
+    users_internal::{NewUser, UsersClient},
 };
 use mongodb::bson::{Document, oid::ObjectId};
 use rand::Rng;

@@ -12,8 +12,9 @@
 //!   own writes have committed. Handlers batch their own I/O over it (one query, one script, one
 //!   insert for the whole batch). An event the handler rejects as impossible goes alone to the
 //!   queue's dead-letter queue (with [`REJECTED_REASON_HEADER`]); a message that is not an event
-//!   at all goes there whole; a transient error requeues the message, until the queue's delivery
-//!   limit dead-letters it.
+//!   at all goes there whole; a transient error is retried in place (the message stays
+//!   unacknowledged with this consumer) for as long as it lasts, so an outage never spends the
+//!   queue's delivery limit; only a consumer that dies with the message spends one.
 //! - Every queue is bounded: work queues reject publishes when full (the publisher sees a nack
 //!   and its outbox retries), dead-letter queues and the event log drop their oldest entries.
 

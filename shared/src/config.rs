@@ -44,6 +44,21 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// `name` is set to `value`, which is wrong for `reason`.
+    pub fn invalid(
+        name: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::Invalid {
+            name,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -240,37 +255,51 @@ pub struct TimelineSettings {
     pub post_ttl: Duration,
 }
 
-/// Reads variables through a closure so tests can supply a map instead of the process env.
-struct Env<F: Fn(&str) -> Option<String>>(F);
+/// The one environment reader of every part: variables are read through a closure, so tests
+/// supply a map instead of the process environment. An absent, empty or blank variable takes its
+/// default; a value that does not parse is a [`ConfigError`] naming the variable.
+pub struct Env<F: Fn(&str) -> Option<String>>(F);
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
-    fn string(&self, name: &'static str, default: &str) -> String {
-        (self.0)(name)
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| default.to_owned())
+    pub fn new(lookup: F) -> Self {
+        Self(lookup)
     }
 
-    fn optional(&self, name: &'static str) -> Option<String> {
-        (self.0)(name).filter(|v| !v.is_empty())
+    pub fn string(&self, name: &'static str, default: &str) -> String {
+        self.optional(name).unwrap_or_else(|| default.to_owned())
     }
 
-    fn parse<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    pub fn optional(&self, name: &'static str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// The variable parsed (surrounding spaces ignored), or `default` when it is not set.
+    pub fn parse<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        self.parse_optional(name)
+            .map(|value| value.unwrap_or(default))
+    }
+
+    /// The variable parsed, or `None` when it is not set.
+    pub fn parse_optional<T>(&self, name: &'static str) -> Result<Option<T>, ConfigError>
     where
         T: FromStr,
         T::Err: fmt::Display,
     {
         match self.optional(name) {
-            None => Ok(default),
-            Some(value) => value.parse().map_err(|e: T::Err| ConfigError::Invalid {
-                name,
-                reason: e.to_string(),
-                value,
-            }),
+            None => Ok(None),
+            Some(value) => match value.trim().parse() {
+                Ok(parsed) => Ok(Some(parsed)),
+                Err(e) => Err(ConfigError::invalid(name, value, e.to_string())),
+            },
         }
     }
 
     /// A comma-separated list of addresses and CIDR networks; empty when unset or `none`.
-    fn networks(&self, name: &'static str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    pub fn networks(&self, name: &'static str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
         match self.optional(name) {
             None => Ok(Vec::new()),
             Some(value) => {
@@ -285,12 +314,12 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
     }
 
-    fn seconds(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    pub fn seconds(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
         self.parse(name, default).map(Duration::from_secs)
     }
 
     /// A PEM given inline (`NAME`) or as a file path (`NAME_FILE`).
-    fn pem(
+    pub fn pem(
         &self,
         name: &'static str,
         file_name: &'static str,

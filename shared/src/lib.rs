@@ -8,7 +8,6 @@ pub mod amqp;
 pub mod auth;
 pub mod backoff;
 pub mod client_address;
-pub mod clients;
 pub mod config;
 pub mod db;
 #[cfg(feature = "amqp")]
@@ -32,6 +31,7 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod unreachable;
+pub mod users_internal;
 pub mod web_url;
 
 /// Every Instaclone binary allocates with mimalloc: the platform's hot paths (HTTP, JSON, BSON,

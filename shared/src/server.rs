@@ -192,4 +192,6 @@ pub enum StartupError {
     Migrate(String),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Settings(#[from] crate::config::ConfigError),
 }

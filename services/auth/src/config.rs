@@ -10,9 +10,10 @@
 //! | `AUTH_TRUSTED_PROXIES` | `127.0.0.0/8,::1` | comma-separated addresses/CIDRs whose `X-Forwarded-For` is believed; `none` for none |
 //! | `AUTH_MAX_CONCURRENT_HASHES` | CPU count | argon2 hashes running at once |
 
-use std::{fmt, str::FromStr, time::Duration};
-
-use instaclone_shared::client_address::ClientAddressPolicy;
+use instaclone_shared::{
+    client_address::ClientAddressPolicy,
+    config::{ConfigError, Env},
+};
 use ipnet::IpNet;
 
 use crate::{
@@ -51,80 +52,61 @@ fn default_concurrent_hashes() -> usize {
 }
 
 impl AuthOptions {
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads variables through `lookup`; absent or empty ones take their defaults.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+    /// Reads variables through `lookup` (the shared [`Env`] reader); absent or empty ones take
+    /// their defaults.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env::new(lookup);
         let defaults = Self::default();
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let window = Duration::from_secs(parse(
-            &get,
-            "AUTH_LOGIN_WINDOW_SECS",
-            defaults.login_limits.per_account.window.as_secs(),
-        )?);
+        const WINDOW: &str = "AUTH_LOGIN_WINDOW_SECS";
+        let window = env.seconds(WINDOW, defaults.login_limits.per_account.window.as_secs())?;
         if window.is_zero() {
-            return Err("AUTH_LOGIN_WINDOW_SECS must be at least 1".to_owned());
+            return Err(ConfigError::invalid(WINDOW, "0", "must be at least 1"));
         }
-        let login_limits = LoginLimits {
-            per_account: Limit {
-                max_failures: parse(
-                    &get,
-                    "AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT",
-                    defaults.login_limits.per_account.max_failures,
-                )?,
+        let limit = |name: &'static str, default: Limit| -> Result<Limit, ConfigError> {
+            Ok(Limit {
+                max_failures: env.parse(name, default.max_failures)?,
                 window,
-            },
-            per_address: Limit {
-                max_failures: parse(
-                    &get,
-                    "AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS",
-                    defaults.login_limits.per_address.max_failures,
-                )?,
-                window,
-            },
+            })
         };
-        let trusted_proxies = match get("AUTH_TRUSTED_PROXIES") {
+        let login_limits = LoginLimits {
+            per_account: limit(
+                "AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT",
+                defaults.login_limits.per_account,
+            )?,
+            per_address: limit(
+                "AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS",
+                defaults.login_limits.per_address,
+            )?,
+        };
+        let trusted_proxies = match env.optional("AUTH_TRUSTED_PROXIES") {
             None => defaults.trusted_proxies,
-            Some(raw) if raw.trim().eq_ignore_ascii_case("none") => Vec::new(),
-            Some(raw) => ClientAddressPolicy::parse_list(&raw)
-                .map_err(|e| format!("AUTH_TRUSTED_PROXIES: {e}"))?,
+            Some(_) => env.networks("AUTH_TRUSTED_PROXIES")?,
         };
         Ok(Self {
             argon2: defaults.argon2,
-            max_concurrent_hashes: parse(
-                &get,
-                "AUTH_MAX_CONCURRENT_HASHES",
-                defaults.max_concurrent_hashes,
-            )?
-            .max(1),
+            max_concurrent_hashes: env
+                .parse("AUTH_MAX_CONCURRENT_HASHES", defaults.max_concurrent_hashes)?
+                .max(1),
             login_limits,
             trusted_proxies,
         })
     }
 }
 
-fn parse<T>(get: &impl Fn(&str) -> Option<String>, name: &str, default: T) -> Result<T, String>
-where
-    T: FromStr,
-    T::Err: fmt::Display,
-{
-    match get(name) {
-        None => Ok(default),
-        Some(raw) => raw
-            .trim()
-            .parse()
-            .map_err(|e| format!("environment variable {name} has an invalid value {raw:?}: {e}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use std::{collections::HashMap, time::Duration};
 
     fn options(vars: &[(&str, &str)]) -> Result<AuthOptions, String> {
+        options_or_error(vars).map_err(|e| e.to_string())
+    }
+
+    fn options_or_error(vars: &[(&str, &str)]) -> Result<AuthOptions, ConfigError> {
         let map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

@@ -11,9 +11,9 @@ use axum::{
 };
 use instaclone_shared::{
     auth::{KeyError, TokenError},
-    clients::ClientError,
     http::ApiError,
     unreachable::Unreachable,
+    users_internal::ClientError,
 };
 
 use crate::password::HashError;

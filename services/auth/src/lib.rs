@@ -23,12 +23,12 @@ use std::sync::Arc;
 use instaclone_shared::{
     auth::{TokenIssuer, TokenVerifier},
     client_address::ClientAddressPolicy,
-    clients::UsersClient,
     config::Settings,
     db,
     health::Dependency,
     revocation::Revocations,
     server::{ServiceApp, StartupError, service_router},
+    users_internal::UsersClient,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +46,7 @@ pub async fn build(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> Result<ServiceApp, StartupError> {
-    let options = AuthOptions::from_env().map_err(StartupError::Config)?;
+    let options = AuthOptions::from_env()?;
     build_with_options(settings, options, shutdown).await
 }
 

@@ -13,9 +13,9 @@ use axum::{
 use instaclone_shared::{
     auth::{AuthUser, TokenIssuer, TokenKind, TokenVerifier, bearer_token},
     client_address::ClientAddressPolicy,
-    clients::{NewUser, UserRecord, UsersClient},
     http::{ApiJson, Envelope},
     revocation::Revocations,
+    users_internal::{NewUser, UserRecord, UsersClient},
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

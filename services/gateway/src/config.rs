@@ -6,10 +6,13 @@
 //!
 //! [`Settings`]: instaclone_shared::config::Settings
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
-use instaclone_shared::client_address::ClientAddressPolicy;
+use instaclone_shared::{
+    client_address::ClientAddressPolicy,
+    config::{ConfigError, Env},
+};
 
 /// Who may call the API from a browser (`CORS_ALLOWED_ORIGINS`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,116 +79,71 @@ impl Default for GatewaySettings {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("environment variable {name} has an invalid value {value:?}: {reason}")]
-pub struct GatewayConfigError {
-    name: &'static str,
-    value: String,
-    reason: String,
-}
-
 /// The proxies whose client-address header is believed, and that header's name. A header
 /// without proxies to trust it from is refused: it used to be believed from anyone.
-fn client_addresses(
-    proxies: Option<String>,
-    header: Option<String>,
-) -> Result<ClientAddressPolicy, GatewayConfigError> {
-    let invalid = |name: &'static str, value: &str, reason: String| GatewayConfigError {
-        name,
-        value: value.to_owned(),
-        reason,
-    };
-    let trusted = match &proxies {
-        None => Vec::new(),
-        Some(raw) => ClientAddressPolicy::parse_list(raw)
-            .map_err(|reason| invalid("GATEWAY_TRUSTED_PROXIES", raw, reason))?,
-    };
-    let policy = ClientAddressPolicy::new(trusted);
-    match header {
+fn client_addresses<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<ClientAddressPolicy, ConfigError> {
+    const HEADER: &str = "RATE_LIMIT_CLIENT_IP_HEADER";
+    let policy = ClientAddressPolicy::new(env.networks("GATEWAY_TRUSTED_PROXIES")?);
+    match env.optional(HEADER) {
         None => Ok(policy),
-        Some(raw) if !policy.trusts_any() => Err(invalid(
-            "RATE_LIMIT_CLIENT_IP_HEADER",
-            &raw,
-            "set GATEWAY_TRUSTED_PROXIES to the proxies that write it".to_owned(),
+        Some(raw) if !policy.trusts_any() => Err(ConfigError::invalid(
+            HEADER,
+            raw,
+            "set GATEWAY_TRUSTED_PROXIES to the proxies that write it",
         )),
-        Some(raw) => Ok(policy.with_header(parse::<HeaderName>(
-            "RATE_LIMIT_CLIENT_IP_HEADER",
-            raw.trim(),
-        )?)),
+        Some(_) => {
+            Ok(policy.with_header(env.parse(HEADER, HeaderName::from_static("x-forwarded-for"))?))
+        }
     }
 }
 
 impl GatewaySettings {
     /// Reads the process environment.
-    pub fn from_env() -> Result<Self, GatewayConfigError> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads variables through `lookup`; absent or empty values take their defaults.
-    pub fn from_lookup(
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, GatewayConfigError> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+    /// Reads variables through `lookup` (the shared [`Env`] reader); absent or empty values
+    /// take their defaults.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env::new(lookup);
         let defaults = Self::default();
-        let window = match get("RATE_LIMIT_WINDOW_SECS") {
-            None => defaults.anonymous_limit.window,
-            Some(v) => Duration::from_secs(parse("RATE_LIMIT_WINDOW_SECS", &v)?),
-        };
-        let limit = |name: &'static str, default: RateLimit| match get(name) {
-            None => Ok(RateLimit { window, ..default }),
-            Some(v) => Ok(RateLimit {
-                requests: parse(name, &v)?,
+        let window = env.seconds(
+            "RATE_LIMIT_WINDOW_SECS",
+            defaults.anonymous_limit.window.as_secs(),
+        )?;
+        let limit = |name: &'static str, default: RateLimit| -> Result<RateLimit, ConfigError> {
+            Ok(RateLimit {
+                requests: env.parse(name, default.requests)?,
                 window,
-            }),
+            })
         };
         Ok(Self {
-            cors: match get("CORS_ALLOWED_ORIGINS") {
+            cors: match env.optional("CORS_ALLOWED_ORIGINS") {
                 None => CorsOrigins::Disabled,
                 Some(v) => parse_origins(&v)?,
             },
             anonymous_limit: limit("RATE_LIMIT_ANONYMOUS", defaults.anonymous_limit)?,
             user_limit: limit("RATE_LIMIT_USER", defaults.user_limit)?,
-            client_addresses: client_addresses(
-                get("GATEWAY_TRUSTED_PROXIES"),
-                get("RATE_LIMIT_CLIENT_IP_HEADER"),
-            )?,
-            feed_cache_ttl: match get("FEED_CACHE_TTL_SECS") {
-                None => defaults.feed_cache_ttl,
-                Some(v) => Duration::from_secs(parse("FEED_CACHE_TTL_SECS", &v)?),
-            },
-            public_hub_url: get("PUBLIC_HUB_URL").map(|url| url.trim().to_owned()),
-            pool_max_idle_per_service: match get("GATEWAY_POOL_MAX_IDLE") {
-                None => defaults.pool_max_idle_per_service,
-                Some(v) => parse("GATEWAY_POOL_MAX_IDLE", &v)?,
-            },
+            client_addresses: client_addresses(&env)?,
+            feed_cache_ttl: env
+                .seconds("FEED_CACHE_TTL_SECS", defaults.feed_cache_ttl.as_secs())?,
+            public_hub_url: env
+                .optional("PUBLIC_HUB_URL")
+                .map(|url| url.trim().to_owned()),
+            pool_max_idle_per_service: env
+                .parse("GATEWAY_POOL_MAX_IDLE", defaults.pool_max_idle_per_service)?,
         })
     }
 }
 
-fn parse<T>(name: &'static str, value: &str) -> Result<T, GatewayConfigError>
-where
-    T: FromStr,
-    T::Err: fmt::Display,
-{
-    value
-        .trim()
-        .parse()
-        .map_err(|e: T::Err| GatewayConfigError {
-            name,
-            value: value.to_owned(),
-            reason: e.to_string(),
-        })
-}
-
-fn parse_origins(value: &str) -> Result<CorsOrigins, GatewayConfigError> {
+fn parse_origins(value: &str) -> Result<CorsOrigins, ConfigError> {
     if value.trim() == "*" {
         return Ok(CorsOrigins::Any);
     }
-    let invalid = |reason: &str| GatewayConfigError {
-        name: "CORS_ALLOWED_ORIGINS",
-        value: value.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let invalid = |reason: &str| ConfigError::invalid("CORS_ALLOWED_ORIGINS", value, reason);
     let mut origins = Vec::new();
     for origin in value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
         let well_formed = (origin.starts_with("http://") || origin.starts_with("https://"))
@@ -206,7 +164,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn settings(vars: &[(&str, &str)]) -> Result<GatewaySettings, GatewayConfigError> {
+    fn settings(vars: &[(&str, &str)]) -> Result<GatewaySettings, ConfigError> {
         let map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

@@ -11,9 +11,9 @@ use std::collections::BTreeSet;
 
 use instaclone_shared::{
     amqp::{Batch, HandlerError, QueueSpec, Rejected},
-    clients::UsersClient,
     config::AmqpSettings,
     events::{PostCreated, PostDeleted, event_type},
+    users_internal::UsersClient,
 };
 use uuid::Uuid;
 

@@ -40,12 +40,12 @@ use axum::{
 };
 use instaclone_shared::{
     auth::{TokenKind, TokenVerifier, bearer_token},
-    clients::UsersClient,
     config::Settings,
     db,
     health::Dependency,
     http::REQUEST_ID_HEADER,
     server::{ServiceApp, StartupError, service_router},
+    users_internal::UsersClient,
 };
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -205,8 +205,7 @@ pub async fn build(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> Result<ServiceApp, StartupError> {
-    let gateway_settings =
-        GatewaySettings::from_env().map_err(|e| StartupError::Config(e.to_string()))?;
+    let gateway_settings = GatewaySettings::from_env()?;
     build_with(settings, gateway_settings, shutdown).await
 }
 

@@ -23,9 +23,9 @@ use instaclone_notifications::events::queue_spec;
 use instaclone_shared::{
     amqp::{EventPublisher, declare_work_queue},
     auth::InternalToken,
-    clients::{NewUser, UsersClient},
     events::{EventEnvelope, NotificationCreated, PostCreated, UserFollowed, event_type},
     testing::TestEnv,
+    users_internal::{NewUser, UsersClient},
 };
 use lapin::{options::BasicConsumeOptions, types::FieldTable};
 use mongodb::bson::{Document, doc};

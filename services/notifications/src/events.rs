@@ -34,11 +34,11 @@ use std::{
 use instaclone_shared::{
     amqp::{Batch, BrokerStatus, EventPublisher, HandlerError, QueueSpec, Rejected, run_consumer},
     backoff::{Backoff, RetryPolicy, Retrying, retry_notify},
-    clients::{ClientError, IdPage, UsersClient},
     config::AmqpSettings,
     events::{
         EventEnvelope, NotificationCreated, PostCreated, UserDeleted, UserFollowed, event_type,
     },
+    users_internal::{ClientError, IdPage, UsersClient},
 };
 use mongodb::bson;
 use tokio_util::sync::CancellationToken;
@@ -140,9 +140,9 @@ impl EventProcessor {
     }
 
     /// Reads followers `page` at a time (at most the users service's
-    /// [`MAX_ID_PAGE`](instaclone_shared::clients::MAX_ID_PAGE)) instead of [`FOLLOWER_PAGE`].
+    /// [`MAX_ID_PAGE`](instaclone_shared::users_internal::MAX_ID_PAGE)) instead of [`FOLLOWER_PAGE`].
     pub fn with_follower_page(mut self, page: u32) -> Self {
-        self.follower_page = page.clamp(1, instaclone_shared::clients::MAX_ID_PAGE);
+        self.follower_page = page.clamp(1, instaclone_shared::users_internal::MAX_ID_PAGE);
         self
     }
 

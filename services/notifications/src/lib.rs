@@ -19,11 +19,11 @@ use std::sync::Arc;
 use instaclone_shared::{
     amqp::{BrokerStatus, EventPublisher},
     auth::TokenVerifier,
-    clients::UsersClient,
     config::Settings,
     db,
     health::Dependency,
     server::{ServiceApp, StartupError, service_router},
+    users_internal::UsersClient,
 };
 use tokio_util::sync::CancellationToken;
 

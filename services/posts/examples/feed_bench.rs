@@ -40,9 +40,9 @@ use instaclone_posts::{
 };
 use instaclone_shared::{
     auth::InternalToken,
-    clients::{MAX_ID_PAGE, NewUser, UsersClient},
     follow_cache::FollowCache,
     testing::TestEnv,
+    users_internal::{MAX_ID_PAGE, NewUser, UsersClient},
 };
 use mongodb::bson::{doc, oid::ObjectId};
 use serde_json::{Value, json};
@@ -656,8 +656,8 @@ trait CreateOwned {
         user: NewUser,
     ) -> impl std::future::Future<
         Output = Result<
-            instaclone_shared::clients::UserRecord,
-            instaclone_shared::clients::ClientError,
+            instaclone_shared::users_internal::UserRecord,
+            instaclone_shared::users_internal::ClientError,
         >,
     >;
 }
@@ -666,8 +666,10 @@ impl CreateOwned for UsersClient {
     async fn create_user_owned(
         &self,
         user: NewUser,
-    ) -> Result<instaclone_shared::clients::UserRecord, instaclone_shared::clients::ClientError>
-    {
+    ) -> Result<
+        instaclone_shared::users_internal::UserRecord,
+        instaclone_shared::users_internal::ClientError,
+    > {
         self.create_user(&user).await
     }
 }

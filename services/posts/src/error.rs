@@ -6,7 +6,7 @@
 //! 500 whose cause is logged and never shown.
 
 use axum::response::{IntoResponse, Response};
-use instaclone_shared::{clients::ClientError, http::ApiError, unreachable::Unreachable};
+use instaclone_shared::{http::ApiError, unreachable::Unreachable, users_internal::ClientError};
 
 use crate::domain::ValidationError;
 

@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
-use instaclone_shared::{clients::UsersClient, follow_cache::FollowCache};
+use instaclone_shared::{follow_cache::FollowCache, users_internal::UsersClient};
 use mongodb::bson::oid::ObjectId;
 use serde_json::value::RawValue;
 use uuid::Uuid;

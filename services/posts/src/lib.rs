@@ -20,13 +20,13 @@ pub mod writer;
 use instaclone_shared::{
     amqp::{self, BrokerStatus, EventPublisher},
     auth::TokenVerifier,
-    clients::UsersClient,
     config::Settings,
     db,
     follow_cache::FollowCache,
     health::Dependency,
     outbox::{RelayWaker, run_relay},
     server::{ServiceApp, StartupError, service_router},
+    users_internal::UsersClient,
 };
 use tokio_util::sync::CancellationToken;
 

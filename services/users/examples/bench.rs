@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use instaclone_shared::{auth::InternalToken, clients::UsersClient, testing::TestEnv};
+use instaclone_shared::{auth::InternalToken, testing::TestEnv, users_internal::UsersClient};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -300,7 +300,7 @@ async fn main() {
                 .followers_page(
                     star,
                     cursor.as_deref(),
-                    instaclone_shared::clients::MAX_ID_PAGE,
+                    instaclone_shared::users_internal::MAX_ID_PAGE,
                 )
                 .await
                 .unwrap();

@@ -1,4 +1,4 @@
-//! The internal API other services call (through `instaclone_shared::clients::UsersClient`; the
+//! The internal API other services call (through `instaclone_shared::users_internal::UsersClient`; the
 //! routes and shapes are documented there). Every route needs the service credential
 //! ([`InternalCaller`]); the gateway never routes `/internal/*`.
 
@@ -9,8 +9,8 @@ use axum::{
 };
 use instaclone_shared::{
     auth::InternalCaller,
-    clients::{IdPage, MAX_ID_PAGE, UserCredentials, UserRecord},
     http::{ApiError, ApiJson, ApiPath, ApiQuery, Envelope},
+    users_internal::{IdPage, MAX_ID_PAGE, UserCredentials, UserRecord},
 };
 use serde::Deserialize;
 use uuid::Uuid;

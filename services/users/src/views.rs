@@ -1,7 +1,7 @@
 //! What the API returns, in the original's camelCase field names.
 
 use chrono::{DateTime, Utc};
-use instaclone_shared::clients::{UserCredentials, UserRecord};
+use instaclone_shared::users_internal::{UserCredentials, UserRecord};
 use serde::Serialize;
 use uuid::Uuid;
 

@@ -11,9 +11,9 @@ use instaclone_notifications::{
 use instaclone_shared::{
     amqp::HandlerError,
     auth::InternalToken,
-    clients::UsersClient,
     events::{EventEnvelope, NotificationView, PostCreated, UserFollowed},
     testing::TcpProxy,
+    users_internal::UsersClient,
 };
 use mongodb::bson;
 use uuid::Uuid;

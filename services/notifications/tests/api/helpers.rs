@@ -8,9 +8,9 @@ use instaclone_notifications::events::queue_spec;
 use instaclone_shared::{
     amqp::{EventPublisher, declare_work_queue},
     auth::InternalToken,
-    clients::{NewUser, UsersClient},
     events::{EventData, EventEnvelope, NotificationCreated, NotificationView, event_type},
     testing::{TestClient, TestEnv},
+    users_internal::{NewUser, UsersClient},
 };
 use lapin::{
     BasicProperties,

@@ -5,9 +5,9 @@ use std::{ops::Deref, time::Duration};
 use instaclone_posts::timeline::{self, HomeTimelines};
 use instaclone_shared::{
     auth::InternalToken,
-    clients::{NewUser, UsersClient},
     follow_cache::FollowCache,
     testing::{TcpProxy, TestClient, TestEnv},
+    users_internal::{NewUser, UsersClient},
 };
 use mongodb::bson::Document;
 use reqwest::StatusCode;

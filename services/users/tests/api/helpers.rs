@@ -4,9 +4,9 @@ use std::{ops::Deref, time::Duration};
 
 use instaclone_shared::{
     auth::InternalToken,
-    clients::{NewUser, UserRecord, UsersClient},
     config::Settings,
     testing::{TestClient, TestEnv},
+    users_internal::{NewUser, UserRecord, UsersClient},
 };
 use reqwest::StatusCode;
 use serde_json::Value;

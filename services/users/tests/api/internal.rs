@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use instaclone_shared::{
     auth::InternalToken,
-    clients::{ClientError, MAX_ID_PAGE, NewUser, UsersClient},
     config::Secret,
+    users_internal::{ClientError, MAX_ID_PAGE, NewUser, UsersClient},
 };
 use reqwest::StatusCode;
 use uuid::Uuid;

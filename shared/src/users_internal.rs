@@ -1,5 +1,7 @@
-//! Service-to-service HTTP clients, over pooled connections with a timeout and the service
-//! credential. The users service's internal API is the one other services call:
+//! The users service's internal contract: the routes other services call, their types, and the
+//! client they call them with (pooled connections, a timeout, the service credential). The
+//! users service serves these types (`services/users/src/internal.rs`); auth, posts,
+//! notifications and the gateway call them through [`UsersClient`].
 //!
 //! | route | result (`data` of the envelope) |
 //! |---|---|
