@@ -29,22 +29,10 @@ async fn the_web_app_works_in_chromium_over_websocket_and_sse() {
     let ports = common::platform::Ports::free();
     let hub = common::platform::url(ports.hub);
     let platform = Platform::start_on(&env, ports, &[("PUBLIC_HUB_URL", hub)], 0).await;
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg("app.test.mjs")
-            .current_dir(&dir)
-            .env("BASE_URL", &platform.gateway.base_url)
-            .env("CHROMIUM", &chromium)
-            .output()
-            .expect("node is not installed")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    eprintln!("{stdout}");
-    assert!(
-        output.status.success(),
-        "browser test failed:\n{stdout}\n{stderr}"
-    );
+    let mut node = Command::new("node");
+    node.arg("app.test.mjs")
+        .current_dir(&dir)
+        .env("BASE_URL", &platform.gateway.base_url)
+        .env("CHROMIUM", &chromium);
+    common::run_to_success("browser test failed (is node installed?)", node).await;
 }

@@ -32,6 +32,21 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Runs an outside test tool (Node with Chromium, schemathesis) to its end, off the async
+/// runtime, and fails the test with the tool's output unless it succeeded. `what` names the
+/// failure.
+pub async fn run_to_success(what: &'static str, mut command: Command) {
+    let program = format!("{:?}", command.get_program());
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{what}: cannot start {program}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stdout}");
+    assert!(output.status.success(), "{what}:\n{stdout}\n{stderr}");
+}
+
 /// A child process killed when the test ends, however it ends.
 pub struct Running(pub Child);
 

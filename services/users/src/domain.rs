@@ -24,7 +24,8 @@ impl Email {
     pub fn parse(raw: &str) -> Result<Self, UsersError> {
         let email = raw.trim();
         let invalid = || UsersError::Invalid("email must be a valid email address".to_owned());
-        if email.is_empty() || email.len() > EMAIL_MAX || email.chars().any(char::is_whitespace) {
+        let refused = |c: char| c.is_whitespace() || c.is_control();
+        if email.is_empty() || email.len() > EMAIL_MAX || email.chars().any(refused) {
             return Err(invalid());
         }
         let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
@@ -178,12 +179,18 @@ pub fn optional_avatar_url(raw: Option<&str>) -> Result<Option<String>, UsersErr
     Ok(Some(url.to_owned()))
 }
 
-/// A search query: at most 100 characters as sent, then trimmed and lower-cased, not empty.
+/// A search query: at most 100 characters as sent, no control characters (PostgreSQL cannot
+/// even hold a NUL), then trimmed and lower-cased, not empty.
 #[derive(Debug, Clone)]
 pub struct SearchQuery(String);
 
 impl SearchQuery {
     pub fn parse(raw: &str) -> Result<Self, UsersError> {
+        if raw.chars().any(char::is_control) {
+            return Err(UsersError::Invalid(
+                "q must not contain control characters".to_owned(),
+            ));
+        }
         let query = raw.trim().to_lowercase();
         if query.is_empty() {
             return Err(UsersError::Invalid("q must not be empty".to_owned()));
@@ -270,6 +277,14 @@ mod tests {
         ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn queries_and_emails_with_control_characters_are_refused() {
+        assert!(SearchQuery::parse("ada\0").is_err());
+        assert!(SearchQuery::parse("a\tb").is_err());
+        assert!(SearchQuery::parse(" ada ").is_ok());
+        assert!(Email::parse("a\0@example.com").is_err());
     }
 
     #[test]

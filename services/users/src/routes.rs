@@ -350,8 +350,13 @@ async fn following_of(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct SearchParams {
-    /// Username or display-name prefix (trimmed, case-insensitive).
-    #[param(required = true, min_length = 1, max_length = 100, pattern = r"\S")]
+    /// Username or display-name prefix (trimmed, case-insensitive); no control characters.
+    #[param(
+        required = true,
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     q: Option<String>,
     /// Page size (20 when absent, at most 100: more is cut to 100).
     #[param(value_type = Option<u64>, minimum = 1, maximum = 4294967295.0)]
