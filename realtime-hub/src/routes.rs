@@ -58,6 +58,8 @@ pub(crate) struct HubInner {
     pub(crate) tracker: TaskTracker,
 }
 
+// Written out rather than derived: the hub's state is one `Arc`, so a clone per connection is one
+// reference count, and the verifier sits inside it.
 impl FromRef<HubState> for TokenVerifier {
     fn from_ref(state: &HubState) -> Self {
         state.inner.verifier.clone()

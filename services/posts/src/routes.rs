@@ -62,6 +62,7 @@ pub fn openapi() -> serde_json::Value {
 /// A new post; its author is the caller.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(as = CreatePostRequest)]
 pub struct CreatePostBody {
     #[serde(default)]
     #[schema(max_length = 2200)]
@@ -241,7 +242,7 @@ mod tests {
     fn the_documented_limits_are_the_domains() {
         use crate::domain::{MAX_CAPTION_CHARS, MAX_MEDIA_URL_CHARS, MAX_PAGE_SIZE};
         let document = super::openapi();
-        let body = &document["components"]["schemas"]["CreatePostBody"]["properties"];
+        let body = &document["components"]["schemas"]["CreatePostRequest"]["properties"];
         assert_eq!(body["caption"]["maxLength"], MAX_CAPTION_CHARS);
         assert_eq!(body["mediaUrl"]["maxLength"], MAX_MEDIA_URL_CHARS);
         assert_eq!(

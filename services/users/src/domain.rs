@@ -242,6 +242,16 @@ mod tests {
         assert!(Username::parse("ada lovelace").is_err());
         assert!(Username::parse("ada-l").is_err());
         assert!(Username::parse("adé").is_err());
+        // As the OpenAPI pattern says: nothing outside the set, spaces included.
+        assert!(Username::parse(" ada").is_err());
+        assert_eq!(
+            optional_text("bio", Some("  hi  "), 150)
+                .unwrap()
+                .as_deref(),
+            Some("hi")
+        );
+        assert!(optional_text("bio", Some(&format!(" {}", "a".repeat(150))), 150).is_err());
+        assert!(optional_avatar_url(Some(" https://cdn.example.com/a.png")).is_err());
     }
 
     #[test]

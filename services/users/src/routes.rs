@@ -92,6 +92,7 @@ async fn get_me(
 /// `PATCH /users/me`: absent fields stay, `null` or `""` clears an optional field.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = UpdateProfileRequest)]
 struct ProfilePatch {
     /// Lower-cased when stored.
     #[schema(min_length = 3, max_length = 30, pattern = "^[A-Za-z0-9._]*$")]
@@ -179,6 +180,7 @@ async fn get_profile(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = FollowRequest)]
 struct FollowBody {
     user_id_to_follow: Uuid,
 }
@@ -209,6 +211,7 @@ async fn follow(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = UnfollowRequest)]
 struct UnfollowBody {
     user_id_to_unfollow: Uuid,
 }
@@ -400,7 +403,7 @@ mod tests {
             AVATAR_URL_MAX, BIO_MAX, DISPLAY_NAME_MAX, SEARCH_QUERY_MAX, USERNAME_MAX, USERNAME_MIN,
         };
         let document = super::openapi();
-        let patch = &document["components"]["schemas"]["ProfilePatch"]["properties"];
+        let patch = &document["components"]["schemas"]["UpdateProfileRequest"]["properties"];
         assert_eq!(patch["username"]["minLength"], USERNAME_MIN);
         assert_eq!(patch["username"]["maxLength"], USERNAME_MAX);
         assert_eq!(patch["displayName"]["maxLength"], DISPLAY_NAME_MAX);

@@ -51,6 +51,7 @@ impl UserRow {
 
 /// A user with their counts; other users' emails are left out.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = PublicProfile)]
 #[serde(rename_all = "camelCase")]
 pub struct Profile {
     pub id: Uuid,
