@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{assert_error_envelope, test_settings};
 
-const EVENTUAL: Duration = Duration::from_secs(20);
+/// How long an event may take to reach what it changes (a feed, a history): a bound for a
+/// failing test, not a latency target. A loaded two-core CI machine running the Redis Cluster
+/// pass once took over 20 s.
+const EVENTUAL: Duration = Duration::from_secs(60);
 
 struct Platform {
     gateway: TestClient,
