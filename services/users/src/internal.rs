@@ -9,7 +9,7 @@ use axum::{
 };
 use instaclone_shared::{
     auth::InternalCaller,
-    http::{ApiError, ApiJson, ApiPath, ApiQuery, Envelope},
+    http::{ApiJson, ApiPath, ApiQuery, Envelope},
     users_internal::{IdPage, MAX_ID_PAGE, UserCredentials, UserRecord},
 };
 use serde::Deserialize;
@@ -48,7 +48,7 @@ async fn create_user(
     _caller: InternalCaller,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateUserBody>,
-) -> Result<Envelope<UserRecord>, ApiError> {
+) -> Result<Envelope<UserRecord>, UsersError> {
     let email = Email::parse(&body.email)?;
     let username = body.username.as_deref().map(Username::parse).transpose()?;
     let password_hash = PasswordHash::parse(&body.password_hash)?;
@@ -67,9 +67,9 @@ async fn delete_user(
     _caller: InternalCaller,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<Envelope<DeletedUser>, ApiError> {
+) -> Result<Envelope<DeletedUser>, UsersError> {
     if !state.store.delete_user(id).await? {
-        return Err(UsersError::UserNotFound.into());
+        return Err(UsersError::UserNotFound);
     }
     state.relay_waker.wake();
     tracing::info!(user_id = %id, "account deleted");
@@ -95,10 +95,10 @@ async fn set_password(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<SetPasswordBody>,
-) -> Result<Envelope<UserRecord>, ApiError> {
+) -> Result<Envelope<UserRecord>, UsersError> {
     let password_hash = PasswordHash::parse(&body.password_hash)?;
     if !state.store.set_password_hash(id, &password_hash).await? {
-        return Err(UsersError::UserNotFound.into());
+        return Err(UsersError::UserNotFound);
     }
     let user = state
         .store
@@ -120,7 +120,7 @@ async fn find_by_email(
     _caller: InternalCaller,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ByEmailQuery>,
-) -> Result<Envelope<UserCredentials>, ApiError> {
+) -> Result<Envelope<UserCredentials>, UsersError> {
     let email = Email::parse(&query.email)?;
     let user = state
         .store
@@ -135,7 +135,7 @@ async fn get_user(
     _caller: InternalCaller,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<Envelope<UserRecord>, ApiError> {
+) -> Result<Envelope<UserRecord>, UsersError> {
     let user = state
         .store
         .get_user(id)
@@ -157,7 +157,7 @@ async fn followers_page(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(query): ApiQuery<IdPageQuery>,
-) -> Result<Envelope<IdPage>, ApiError> {
+) -> Result<Envelope<IdPage>, UsersError> {
     id_page(&state, id, Direction::Followers, query).await
 }
 
@@ -167,7 +167,7 @@ async fn following_page(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(query): ApiQuery<IdPageQuery>,
-) -> Result<Envelope<IdPage>, ApiError> {
+) -> Result<Envelope<IdPage>, UsersError> {
     id_page(&state, id, Direction::Following, query).await
 }
 
@@ -178,7 +178,7 @@ async fn id_page(
     subject: Uuid,
     direction: Direction,
     query: IdPageQuery,
-) -> Result<Envelope<IdPage>, ApiError> {
+) -> Result<Envelope<IdPage>, UsersError> {
     let limit = page_limit(query.limit, DEFAULT_ID_PAGE, MAX_ID_PAGE)?;
     let after = query
         .cursor
