@@ -343,6 +343,17 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 }
 
+/// A lookup over fixed `(name, value)` pairs (the last of a repeated name wins), for
+/// [`Settings::from_lookup`] and the parts' own readers in tests.
+pub fn lookup_in<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    move |name| {
+        vars.iter()
+            .rev()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| (*value).to_owned())
+    }
+}
+
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -453,14 +464,9 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        Settings::from_lookup(|name| map.get(name).cloned())
+        Settings::from_lookup(lookup_in(vars))
     }
 
     #[test]

@@ -148,11 +148,11 @@ fn describe_error(status: u16, response: &mut Value) {
 }
 
 /// The status's reason phrase, as the error body's `error` says it.
-pub fn reason(status: u16) -> &'static str {
+fn reason(status: u16) -> &'static str {
     axum::http::StatusCode::from_u16(status)
         .ok()
         .and_then(|status| status.canonical_reason())
-        .unwrap_or("Response")
+        .unwrap_or("Error")
 }
 
 /// Test support: each service's document as the gateway holds it.

@@ -100,18 +100,11 @@ impl AuthOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::{collections::HashMap, time::Duration};
+    use std::time::Duration;
 
     fn options(vars: &[(&str, &str)]) -> Result<AuthOptions, String> {
-        options_or_error(vars).map_err(|e| e.to_string())
-    }
-
-    fn options_or_error(vars: &[(&str, &str)]) -> Result<AuthOptions, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        AuthOptions::from_lookup(|name| map.get(name).cloned())
+        AuthOptions::from_lookup(instaclone_shared::config::lookup_in(vars))
+            .map_err(|e| e.to_string())
     }
 
     #[test]

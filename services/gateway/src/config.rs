@@ -162,14 +162,9 @@ fn parse_origins(value: &str) -> Result<CorsOrigins, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<GatewaySettings, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        GatewaySettings::from_lookup(|name| map.get(name).cloned())
+        GatewaySettings::from_lookup(instaclone_shared::config::lookup_in(vars))
     }
 
     #[test]
